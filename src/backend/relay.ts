@@ -1,0 +1,229 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { DownstreamConfig } from '../config/schema';
+import type { Logger } from '../log';
+import { reply, type Reply } from '../smtp/reply';
+import type { ClientInfo } from '../session/state';
+import { SmtpClient, SmtpClientError, type Stage } from './smtp-client';
+
+/**
+ * The lock-step link to the downstream MTA for one client connection: opened
+ * at the first MAIL the plugins accept, it replays the transaction command by
+ * command so every reply the client gets is the downstream's own (unless a
+ * plugin decided otherwise). Failures become 4xx replies, never a 250.
+ */
+export class DownstreamRelay {
+  private client: SmtpClient | undefined;
+  private inTransaction = false;
+  /** The downstream accepted MAIL and at least one RCPT in the current transaction. */
+  private recipients = 0;
+  lastReply: Reply | undefined;
+
+  constructor(
+    private readonly cfg: DownstreamConfig,
+    private readonly ehloName: string,
+    private readonly mode: 'postfix' | 'standalone',
+    private readonly log: Logger,
+  ) {}
+
+  get connected(): boolean {
+    return !!this.client && !this.client.closed;
+  }
+
+  private timeouts(): Partial<Record<Stage, number>> {
+    const t = this.cfg.timeouts;
+    const ms = (s: number): number => Math.round(s * 1000);
+    return {
+      connect: ms(t.connect),
+      greeting: ms(t.greeting),
+      ehlo: ms(t.command),
+      starttls: ms(t.command),
+      xclient: ms(t.command),
+      xforward: ms(t.command),
+      mail: ms(t.command),
+      rcpt: ms(t.command),
+      rset: ms(t.command),
+      data: ms(t.data),
+      message: ms(t.data),
+      eod: ms(t.eod),
+    };
+  }
+
+  /** Maps a client failure to the reply our client gets: always temporary, the message is not lost. */
+  private failure(err: unknown, during: string): Reply {
+    this.drop();
+    if (err instanceof SmtpClientError) {
+      this.log.warn(`downstream ${during} failed: ${err.kind} at ${err.stage}: ${err.message}`, {
+        downstream: `${this.cfg.address.host}:${this.cfg.address.port}`,
+      });
+      if (err.kind === 'connect') return reply(451, '4.4.1', 'Downstream server unavailable, try again later');
+      if (err.kind === 'timeout') return reply(451, '4.4.2', 'Downstream server timed out, try again later');
+      if (err.kind === 'closed') return reply(451, '4.4.2', 'Downstream connection lost, try again later');
+      if (err.kind === 'tls') return reply(451, '4.7.5', 'TLS to downstream server failed, try again later');
+      if (err.reply) return reply(451, '4.3.0', 'Downstream server refused the connection, try again later');
+      return reply(451, '4.3.0', 'Downstream protocol error, try again later');
+    }
+    this.log.error(`downstream ${during} failed: ${(err as Error)?.message ?? err}`);
+    return reply(451, '4.3.0', 'Temporary local problem, please try again later');
+  }
+
+  private async ensureConnected(client: ClientInfo): Promise<Reply | undefined> {
+    if (this.connected) return undefined;
+    const tlsOpts = {
+      rejectUnauthorized: this.cfg.tls.reject_unauthorized,
+      ...(this.cfg.tls.ca ? { ca: readFileSync(this.cfg.tls.ca) } : {}),
+      ...(this.cfg.tls.servername ? { servername: this.cfg.tls.servername } : {}),
+    };
+    const c = await SmtpClient.connect({
+      host: this.cfg.address.host,
+      port: this.cfg.address.port,
+      timeouts: this.timeouts(),
+      tls: tlsOpts,
+      log: this.log.enabled('debug') ? (dir, line) => this.log.debug(`downstream ${dir}: ${line}`) : undefined,
+    });
+    this.client = c;
+    c.once('close', () => {
+      if (this.client === c) this.client = undefined;
+    });
+    let r = await c.ehlo(this.ehloName);
+    if (r.code !== 250) return reply(451, '4.3.0', 'Downstream server refused EHLO, try again later');
+    if (this.cfg.starttls !== 'off') {
+      if (c.capabilities.has('STARTTLS')) {
+        r = await c.starttls();
+        if (r.code !== 220) return reply(451, '4.7.5', 'Downstream server refused STARTTLS, try again later');
+        r = await c.ehlo(this.ehloName);
+        if (r.code !== 250) return reply(451, '4.3.0', 'Downstream server refused EHLO, try again later');
+      } else if (this.cfg.starttls === 'required') {
+        return reply(451, '4.7.5', 'Downstream server does not offer STARTTLS, try again later');
+      }
+    }
+    if (this.mode === 'standalone' && this.cfg.xclient && c.capabilities.has('XCLIENT')) {
+      r = await c.xclient(clientAttributes(client, 'XCLIENT'));
+      if (r.code !== 220) return reply(451, '4.3.0', 'Downstream server refused XCLIENT, try again later');
+      r = await c.ehlo(client.helo ?? this.ehloName);
+      if (r.code !== 250) return reply(451, '4.3.0', 'Downstream server refused EHLO, try again later');
+    }
+    return undefined;
+  }
+
+  /** Opens the link if needed, describes the client (XFORWARD, every transaction), sends MAIL. */
+  async mail(client: ClientInfo, raw: string): Promise<Reply> {
+    try {
+      const problem = await this.ensureConnected(client);
+      if (problem) {
+        this.drop();
+        return problem;
+      }
+      const c = this.client!;
+      if (this.cfg.xforward && c.capabilities.has('XFORWARD')) {
+        const r = await c.xforward(clientAttributes(client, 'XFORWARD'));
+        if (r.code !== 250) {
+          this.drop();
+          return reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later');
+        }
+      }
+      const r = await c.mail(raw);
+      this.inTransaction = r.code === 250;
+      this.recipients = 0;
+      this.lastReply = r;
+      return r;
+    } catch (err) {
+      return this.failure(err, 'MAIL');
+    }
+  }
+
+  async rcpt(raw: string): Promise<Reply> {
+    if (!this.client || !this.inTransaction) return reply(451, '4.4.2', 'Downstream connection lost, try again later');
+    try {
+      const r = await this.client.rcpt(raw);
+      if (r.code === 250 || r.code === 251) this.recipients++;
+      this.lastReply = r;
+      return r;
+    } catch (err) {
+      return this.failure(err, 'RCPT');
+    }
+  }
+
+  /** DATA, the message, the final dot: the downstream's end-of-data reply is the answer. */
+  async data(message: Readable): Promise<Reply> {
+    if (!this.client || !this.inTransaction) {
+      message.destroy();
+      return reply(451, '4.4.2', 'Downstream connection lost, try again later');
+    }
+    const c = this.client;
+    try {
+      const r = await c.data();
+      if (r.code !== 354) {
+        message.destroy();
+        this.inTransaction = false;
+        this.lastReply = r;
+        // A 2xx/3xx other than 354 here is nonsense; never let it turn into a success.
+        return r.code >= 400 ? r : reply(451, '4.3.0', 'Downstream server refused DATA, try again later');
+      }
+      const eod = await c.sendMessage(message);
+      this.inTransaction = false;
+      this.lastReply = eod;
+      return eod;
+    } catch (err) {
+      message.destroy();
+      return this.failure(err, 'DATA');
+    }
+  }
+
+  /**
+   * Ends the downstream transaction without delivering it. Before DATA an RSET
+   * is enough; anything else (a stream in progress) is torn down so the final
+   * dot is never sent.
+   */
+  async reset(): Promise<void> {
+    if (!this.client || !this.inTransaction) return;
+    this.inTransaction = false;
+    if (this.mode === 'postfix') {
+      // Postfix gives a filter one message per connection; an RSET there would only be followed by QUIT.
+      await this.quit();
+      return;
+    }
+    try {
+      const r = await this.client.rset();
+      if (r.code !== 250) this.drop();
+    } catch {
+      this.drop();
+    }
+  }
+
+  /** Tear down at once (never sends the final dot). */
+  drop(): void {
+    this.inTransaction = false;
+    const c = this.client;
+    this.client = undefined;
+    c?.abort();
+  }
+
+  async quit(): Promise<void> {
+    const c = this.client;
+    this.client = undefined;
+    this.inTransaction = false;
+    if (c && !c.closed) await c.quit().catch(() => c.close());
+  }
+}
+
+/** XFORWARD/XCLIENT attributes for the real client; values are xtext-encoded by the client module. */
+export function clientAttributes(client: ClientInfo, verb: 'XFORWARD' | 'XCLIENT'): Record<string, string | undefined> {
+  const attrs: Record<string, string | undefined> = {
+    NAME: client.name ?? '[UNAVAILABLE]',
+    ADDR: client.addr,
+    PORT: client.port ? String(client.port) : undefined,
+    PROTO: client.proto ?? (client.helo ? 'ESMTP' : undefined),
+    HELO: client.helo,
+  };
+  if (verb === 'XFORWARD') {
+    attrs.IDENT = client.ident;
+    attrs.SOURCE = client.source ?? (isLoopback(client.addr) ? 'LOCAL' : 'REMOTE');
+  }
+  return attrs;
+}
+
+function isLoopback(addr: string): boolean {
+  return isIP(addr) === 4 ? addr.startsWith('127.') : addr === '::1';
+}

@@ -1,0 +1,202 @@
+import { z } from 'zod';
+import { parseCidr } from '../util/cidr';
+
+/** `host:port`, `[v6]:port` or a bare port. Kept as a string in the file, parsed here once. */
+export const hostPort = (defaultHost: string) =>
+  z.union([z.string(), z.number()]).transform((raw, ctx) => {
+    const s = String(raw).trim();
+    let host = defaultHost;
+    let port: string;
+    const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(s);
+    if (v6) {
+      host = v6[1]!;
+      port = v6[2]!;
+    } else if (/^\d+$/.test(s)) {
+      port = s;
+    } else {
+      const i = s.lastIndexOf(':');
+      if (i <= 0) {
+        ctx.addIssue({ code: 'custom', message: `expected HOST:PORT, got "${s}"` });
+        return z.NEVER;
+      }
+      host = s.slice(0, i);
+      port = s.slice(i + 1);
+    }
+    const n = Number(port);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+      ctx.addIssue({ code: 'custom', message: `port must be 1-65535, got "${port}"` });
+      return z.NEVER;
+    }
+    return { host, port: n };
+  });
+
+const seconds = (def: number, max = 3600) => z.number().positive().max(max).default(def);
+
+const cidrList = z.array(z.string()).superRefine((list, ctx) => {
+  list.forEach((entry, i) => {
+    if (!parseCidr(entry)) ctx.addIssue({ code: 'custom', path: [i], message: `not an IP address or CIDR network: "${entry}"` });
+  });
+});
+
+/**
+ * Postfix's smtpd_proxy_timeout (100 s) bounds every read and write between
+ * Postfix and prequeue. A downstream stage that takes longer than that makes
+ * Postfix give up while the downstream may still queue the message: a
+ * duplicate. So no downstream stage may be configured at 100 s or more.
+ */
+const POSTFIX_PROXY_TIMEOUT = 100;
+const downstreamSeconds = (def: number) =>
+  z
+    .number()
+    .positive()
+    .max(POSTFIX_PROXY_TIMEOUT - 10, `must stay well under Postfix's smtpd_proxy_timeout (${POSTFIX_PROXY_TIMEOUT} s)`)
+    .default(def);
+
+export const downstreamSchema = z
+  .object({
+    address: hostPort('127.0.0.1').default({ host: '127.0.0.1', port: 10026 }),
+    /** EHLO name toward the downstream; defaults to `hostname`. */
+    ehlo_name: z.string().min(1).optional(),
+    /** STARTTLS toward the downstream: off, when offered, or required (fail with 4xx if not offered). */
+    starttls: z.enum(['off', 'opportunistic', 'required']).default('off'),
+    tls: z
+      .object({
+        ca: z.string().optional(),
+        servername: z.string().optional(),
+        reject_unauthorized: z.boolean().default(true),
+      })
+      .strict()
+      .default({ reject_unauthorized: true }),
+    /** Send XFORWARD with the real client when the downstream advertises it. */
+    xforward: z.boolean().default(true),
+    /** Standalone mode: send XCLIENT (Postfix) so the downstream applies its own client checks to the real client. */
+    xclient: z.boolean().default(false),
+    timeouts: z
+      .object({
+        connect: downstreamSeconds(10),
+        greeting: downstreamSeconds(30),
+        command: downstreamSeconds(30),
+        data: downstreamSeconds(30),
+        eod: downstreamSeconds(60),
+      })
+      .strict()
+      .default({ connect: 10, greeting: 30, command: 30, data: 30, eod: 60 }),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    /** postfix: behind smtpd_proxy_filter (client from XFORWARD); standalone: prequeue faces the clients itself. */
+    mode: z.enum(['postfix', 'standalone']).default('postfix'),
+    listen: hostPort('127.0.0.1').default({ host: '127.0.0.1', port: 10025 }),
+    /** Our name in the greeting, EHLO replies and Received headers. Defaults to the machine's hostname. */
+    hostname: z.string().min(1).optional(),
+    /** Greeting text after the hostname. */
+    banner: z.string().default('prequeue'),
+    downstream: downstreamSchema.default(downstreamSchema.parse({})),
+    /** Peers allowed to use XFORWARD and XCLIENT. Anyone else is refused and nothing they claim is used. */
+    trusted_proxies: cidrList.default(['127.0.0.1', '::1']),
+    /** Clients allowed to relay; immune to immune-able checks. */
+    relay_clients: cidrList.default([]),
+    /** Envelope senders immune to immune-able checks: `user@domain`, `@domain`. */
+    immune_senders: z.array(z.string().min(1)).default([]),
+    /** Inbound STARTTLS; offered only when both are set. */
+    tls: z
+      .object({ key: z.string(), cert: z.string() })
+      .strict()
+      .optional(),
+    limits: z
+      .object({
+        message_size: z.number().int().positive().default(26214400),
+        recipients: z.number().int().positive().default(1000),
+        connections: z.number().int().positive().default(500),
+        /** Standalone mode: connections per client address (behind Postfix every connection comes from Postfix). */
+        connections_per_client: z.number().int().positive().default(20),
+        command_line_length: z.number().int().min(512).max(65536).default(2048),
+        /** Longest message line (without CRLF); 0 accepts any, as Postfix does. */
+        data_line_length: z.number().int().min(0).default(0),
+        /** Seconds a client may stay silent when it owes us a command or data. */
+        idle_timeout: seconds(300),
+      })
+      .strict()
+      .default({
+        message_size: 26214400,
+        recipients: 1000,
+        connections: 500,
+        connections_per_client: 20,
+        command_line_length: 2048,
+        data_line_length: 0,
+        idle_timeout: 300,
+      }),
+    data: z
+      .object({
+        /**
+         * Bare CR or LF in the message is how SMTP smuggling works. reject (default):
+         * 550 and nothing relayed. normalize: turned into CRLF, so a lone "." line
+         * that results is dot-stuffed on the way out and can never end the message.
+         */
+        bare_newline: z.enum(['reject', 'normalize']).default('reject'),
+        nul: z.enum(['reject', 'keep']).default('reject'),
+      })
+      .strict()
+      .default({ bare_newline: 'reject', nul: 'reject' }),
+    spool: z
+      .object({
+        dir: z.string().optional(),
+        memory_threshold: z.number().int().min(0).default(1048576),
+      })
+      .strict()
+      .default({ memory_threshold: 1048576 }),
+    /** Add our own Received header: auto = only in standalone mode (Postfix already adds one). */
+    received_header: z.enum(['auto', 'always', 'never']).default('auto'),
+    deferred_rejection: z
+      .object({
+        /** Standalone mode: hold connect/helo rejections until `stage` (always done in Postfix mode). */
+        connection: z.boolean().default(false),
+        /** Where deferred rejections are delivered. */
+        stage: z.enum(['mail', 'rcpt']).default('mail'),
+      })
+      .strict()
+      .default({ connection: false, stage: 'mail' }),
+    /** Default seconds a plugin hook may take. */
+    plugin_timeout: z.number().positive().max(300).default(30),
+    /**
+     * Seconds from the client's final dot until the downstream gets the message:
+     * data_post and queue plugins share it, so that with the downstream's own
+     * end-of-data time the reply stays under Postfix's 100 s.
+     */
+    data_post_budget: z.number().positive().max(80).default(30),
+    /** Seconds SIGTERM waits for transactions in flight. */
+    shutdown_timeout: seconds(30),
+    /** Worker processes sharing the listen socket: a number, or "auto" for one per CPU core. */
+    workers: z.union([z.number().int().min(1).max(64), z.literal('auto')]).default(1),
+    log: z
+      .object({
+        level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+        format: z.enum(['text', 'json']).default('text'),
+        file: z.string().optional(),
+      })
+      .strict()
+      .default({ level: 'info', format: 'text' }),
+    /** Extra directories searched for plugins before the built-in ones. */
+    plugin_dirs: z.array(z.string()).default([]),
+    plugins: z.array(z.unknown()).default([]),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.downstream.timeouts.eod + c.data_post_budget >= POSTFIX_PROXY_TIMEOUT) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['data_post_budget'],
+        message: `data_post_budget (${c.data_post_budget}) + downstream.timeouts.eod (${c.downstream.timeouts.eod}) must stay under Postfix's smtpd_proxy_timeout (${POSTFIX_PROXY_TIMEOUT} s)`,
+      });
+    }
+    for (const s of c.immune_senders) {
+      if (!/^[^@\s]*@[^@\s]+$/.test(s) && !/^[^@\s]+\.[^@\s]+$/.test(s)) {
+        ctx.addIssue({ code: 'custom', path: ['immune_senders'], message: `expected user@domain or @domain, got "${s}"` });
+      }
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type DownstreamConfig = Config['downstream'];

@@ -1,0 +1,76 @@
+import type { Message } from '../message/types';
+import type { Notes } from './notes';
+import type { Results } from './results';
+
+/**
+ * The client as plugins see it. Behind Postfix these are the XFORWARD
+ * attributes (the real client), in standalone mode the TCP peer and its HELO.
+ */
+export interface ClientInfo {
+  /** IP address of the client. */
+  addr: string;
+  port: number;
+  /** Verified reverse DNS name, if known (XFORWARD NAME, or a resolver). */
+  name?: string;
+  /** HELO/EHLO argument the client gave. */
+  helo?: string;
+  /** SMTP or ESMTP (XFORWARD PROTO). */
+  proto?: string;
+  ident?: string;
+  /** LOCAL or REMOTE (XFORWARD SOURCE). */
+  source?: string;
+  /** Where this description comes from. */
+  via: 'tcp' | 'xforward' | 'xclient';
+}
+
+export interface Endpoint {
+  addr: string;
+  port: number;
+}
+
+/** Which checks a client or sender is exempt from: all immune-able plugins, or the named ones. */
+export interface Immunity {
+  all: boolean;
+  plugins: Set<string>;
+}
+
+export interface Address {
+  /** The address without angle brackets; '' for the null sender. */
+  address: string;
+  /** Local part and domain ('' when absent, e.g. the null sender or `postmaster`). */
+  user: string;
+  host: string;
+  /** ESMTP parameters exactly as the client sent them (values xtext as on the wire). */
+  params: Record<string, string | true>;
+  /** The command argument as received (`<a@b> SIZE=1`), relayed unchanged downstream. */
+  raw: string;
+}
+
+export interface ConnectionState {
+  readonly id: string;
+  readonly mode: 'postfix' | 'standalone';
+  /** The client (XFORWARD/XCLIENT-described in Postfix mode). */
+  readonly client: ClientInfo;
+  /** The TCP peer (Postfix itself in Postfix mode). */
+  readonly peer: Endpoint;
+  readonly local: Endpoint;
+  readonly tls: boolean;
+  /** Clients allowed to relay (config relay_clients, later SMTP AUTH): immune to immune-able checks. */
+  relayClient: boolean;
+  immunity: Immunity;
+  notes: Notes;
+  results: Results;
+  /** Transactions started on this connection so far. */
+  transactions: number;
+}
+
+export interface TransactionState {
+  readonly id: string;
+  sender?: Address;
+  recipients: Address[];
+  immunity: Immunity;
+  notes: Notes;
+  results: Results;
+  /** The spooled message, from data_headers_end on. */
+  message?: Message;
+}

@@ -1,0 +1,45 @@
+import { randomBytes } from 'node:crypto';
+import type { Message } from '../message/types';
+import type { PathArgument } from '../smtp/frontend';
+import { Results } from './results';
+import type { Address, TransactionState } from './state';
+
+export function toAddress(arg: PathArgument): Address {
+  const at = arg.address.lastIndexOf('@');
+  return {
+    address: arg.address,
+    user: at < 0 ? arg.address : arg.address.slice(0, at),
+    host: at < 0 ? '' : arg.address.slice(at + 1).toLowerCase(),
+    params: arg.args,
+    raw: arg.raw,
+  };
+}
+
+/** One mail transaction (MAIL .. end of data or RSET) with what the log line needs. */
+export class Transaction implements TransactionState {
+  readonly id: string;
+  readonly started = Date.now();
+  sender?: Address;
+  recipients: Address[] = [];
+  immunity = { all: false, plugins: new Set<string>() };
+  notes: Record<string, unknown> = {};
+  results = new Results();
+  message?: Message;
+  /** Recipients refused (by a plugin or the downstream), for the log. */
+  rejected: { address: string; reply: string }[] = [];
+  size = 0;
+
+  constructor(connId: string, seq: number) {
+    this.id = `${connId}.${seq}`;
+  }
+
+  async dispose(): Promise<void> {
+    const m = this.message;
+    this.message = undefined;
+    await m?.dispose();
+  }
+}
+
+export function newConnectionId(): string {
+  return randomBytes(6).toString('hex');
+}
