@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { parseCidr } from '../util/cidr';
 
 /** `host:port`, `[v6]:port` or a bare port. Kept as a string in the file, parsed here once. */
-export const hostPort = (defaultHost: string) =>
+export const hostPort = (defaultHost: string, allowZero = false) =>
   z.union([z.string(), z.number()]).transform((raw, ctx) => {
     const s = String(raw).trim();
     let host = defaultHost;
@@ -23,7 +23,7 @@ export const hostPort = (defaultHost: string) =>
       port = s.slice(i + 1);
     }
     const n = Number(port);
-    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    if (!Number.isInteger(n) || n < (allowZero ? 0 : 1) || n > 65535) {
       ctx.addIssue({ code: 'custom', message: `port must be 1-65535, got "${port}"` });
       return z.NEVER;
     }
@@ -88,7 +88,8 @@ export const configSchema = z
   .object({
     /** postfix: behind smtpd_proxy_filter (client from XFORWARD); standalone: prequeue faces the clients itself. */
     mode: z.enum(['postfix', 'standalone']).default('postfix'),
-    listen: hostPort('127.0.0.1').default({ host: '127.0.0.1', port: 10025 }),
+    /** Port 0 picks a free port (tests). */
+    listen: hostPort('127.0.0.1', true).default({ host: '127.0.0.1', port: 10025 }),
     /** Our name in the greeting, EHLO replies and Received headers. Defaults to the machine's hostname. */
     hostname: z.string().min(1).optional(),
     /** Greeting text after the hostname. */
