@@ -57,6 +57,8 @@ export interface Message {
   bodyTail(n: number): Promise<Buffer>;
   /** Read the current body into memory; refuses (throws) past `limit` bytes. */
   bodyBuffer(limit?: number): Promise<Buffer>;
+  /** The current body as parts (wrap it in new parts without losing earlier changes). */
+  bodyParts(): readonly BodyPart[];
   /** Replace the body by a list of parts; BodyRange parts refer to the received body. */
   replaceBody(parts: BodyPart[]): void;
   appendBody(data: Buffer | string): void;
