@@ -16,6 +16,8 @@ export interface DeferredVerdict {
   plugin: string;
   hook: HookName;
   verdict: Verdict;
+  /** The deny meta-hook already heard of it (otherwise it does when the rejection is delivered). */
+  announced?: boolean;
 }
 
 /** What a run of the chain needs to know about the session it runs for. */

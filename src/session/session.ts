@@ -157,6 +157,8 @@ export class Session implements FrontendHandler {
     const pending = this.due(hook);
     if (pending) {
       this.log.info(`delivering ${pending.plugin}'s deferred rejection (from ${pending.hook}) at ${hook}`);
+      // The deny meta-hook hears of it now, when the client does (count_denies counts what clients see).
+      if (!pending.announced) await this.rt.chain.meta(hook, pending.plugin, pending.verdict, this.scope());
       return { reply: respond(hook, pending.verdict) };
     }
     const outcome = await this.run(hook, ...args);
@@ -179,7 +181,7 @@ export class Session implements FrontendHandler {
     const outcome = await this.run('connect');
     if (!isDeny(outcome.verdict.decision)) return undefined;
     if (this.deferConnectionVerdicts) {
-      this.connDeferred.push({ plugin: outcome.plugin ?? 'core', hook: 'connect', verdict: outcome.verdict });
+      this.connDeferred.push({ plugin: outcome.plugin ?? 'core', hook: 'connect', verdict: outcome.verdict, announced: true });
       return undefined;
     }
     return respond('connect', outcome.verdict);
@@ -204,7 +206,7 @@ export class Session implements FrontendHandler {
     const outcome = await this.run(hook, host);
     if (!isDeny(outcome.verdict.decision)) return undefined;
     if (this.deferConnectionVerdicts) {
-      this.connDeferred.push({ plugin: outcome.plugin ?? 'core', hook, verdict: outcome.verdict });
+      this.connDeferred.push({ plugin: outcome.plugin ?? 'core', hook, verdict: outcome.verdict, announced: true });
       return undefined;
     }
     return respond(hook, outcome.verdict);
