@@ -106,11 +106,11 @@ function parsePluginEntries(list: unknown[], lineOf: LoadedConfig['lineOf']): { 
 
 export function parseConfig(text: string, file: string, overrides: Overrides = {}): LoadedConfig {
   const counter = new LineCounter();
-  const doc = YAML.parseDocument(text, { lineCounter: counter, prettyErrors: false, uniqueKeys: true });
+  const doc = YAML.parseDocument(text, { lineCounter: counter, prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length) {
     throw new ConfigError(
       file,
-      doc.errors.map((e) => ({ key: 'YAML', line: e.linePos?.[0]?.line, message: e.message.split('\n')[0]! })),
+      doc.errors.map((e) => ({ key: 'YAML', line: e.linePos?.[0]?.line, message: e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '') })),
     );
   }
   const lineOf = lineFinder(doc, counter);
