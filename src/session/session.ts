@@ -501,6 +501,10 @@ export class Session implements FrontendHandler {
     })();
   }
 
+  dialogue(dir: 'C' | 'S', line: string): void {
+    if (this.log.enabled('debug')) this.log.debug(`${dir}: ${line}`);
+  }
+
   /** Set by the listener: called once the session has fully wound down. */
   onClosed?: () => void;
 }

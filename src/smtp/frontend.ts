@@ -52,6 +52,8 @@ export interface FrontendHandler {
   quit(): Promise<Reply>;
   /** The connection is gone (any reason). */
   closed(): void;
+  /** The dialogue, for debug logging: client commands ('C') and our replies ('S'). */
+  dialogue?(dir: 'C' | 'S', line: string): void;
 }
 
 export interface FrontendOptions {
@@ -101,13 +103,20 @@ export class HookedConnection extends SMTPConnection {
       this.writeReply(r);
       return;
     }
+    this.emitReply(code, data, context);
+  }
+
+  private emitReply(code: number, data?: string | string[] | null, context?: string | false): void {
+    if (this.handler?.dialogue) {
+      for (const line of Array.isArray(data) ? data : [data ?? '']) this.handler.dialogue('S', `${code} ${line}`);
+    }
     super.send(code, data, context);
   }
 
   /** Writes one of our replies (enhanced code already in it), then closes if the reply says so. */
   writeReply(r: Reply): void {
     const lines = r.lines.map((l) => (r.enhanced ? `${r.enhanced} ${l}` : l));
-    super.send(r.code, lines.length === 1 ? lines[0] : lines, false);
+    this.emitReply(r.code, lines.length === 1 ? lines[0] : lines, false);
     // super.send closes on 421 by itself.
     if (r.disconnect && r.code !== 421) this.close();
   }
@@ -144,6 +153,10 @@ export class HookedConnection extends SMTPConnection {
   override _onCommand(command: Buffer, callback?: () => void): void {
     const line = (command || '').toString();
     const verb = line.split(' ')[0]!.toUpperCase();
+    if (this.handler.dialogue) {
+      // Credentials never reach the log: AUTH arguments and SASL continuation lines.
+      this.handler.dialogue('C', this._nextHandler ? '(AUTH continuation)' : verb === 'AUTH' ? line.split(' ').slice(0, 2).join(' ') + ' ...' : line);
+    }
     const known = ['HELO', 'EHLO', 'LHLO'].includes(verb) ? !this._server.options.lmtp || verb === 'LHLO' : this._isSupported(verb);
     if (this._server.draining && !this.inTransaction && !this._nextHandler && verb !== 'QUIT') {
       // Shutting down: transactions in flight may finish, nothing new starts.
