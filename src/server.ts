@@ -52,11 +52,13 @@ export class ProxyServer {
     });
     this.sessions.add(session);
     const rt = this.runtime;
-    session.onClosed = () => {
-      this.sessions.delete(session);
+    session.onDisconnected = () => {
       const n = (this.perAddress.get(addr) ?? 1) - 1;
       if (n > 0) this.perAddress.set(addr, n);
       else this.perAddress.delete(addr);
+    };
+    session.onClosed = () => {
+      this.sessions.delete(session);
       if (this.retired.has(rt) && rt.users === 0) void this.retire(rt);
     };
     return session;

@@ -488,6 +488,7 @@ export class Session implements FrontendHandler {
   closed(): void {
     if (this.closedAlready) return;
     this.closedAlready = true;
+    this.onDisconnected?.();
     void (async () => {
       try {
         await this.endTransaction('disconnect');
@@ -505,6 +506,8 @@ export class Session implements FrontendHandler {
     if (this.log.enabled('debug')) this.log.debug(`${dir}: ${line}`);
   }
 
+  /** Set by the listener: called as soon as the client is gone (connection counting). */
+  onDisconnected?: () => void;
   /** Set by the listener: called once the session has fully wound down. */
   onClosed?: () => void;
 }
