@@ -28,6 +28,8 @@ interface Count {
 
 export default definePlugin({
   description: 'disconnect after too many rejections on one connection',
+  // Counting protects the server; relay clients get no exemption from it.
+  defaults: { immune: false },
   options: z
     .object({
       max: z.number().int().min(1).default(10),

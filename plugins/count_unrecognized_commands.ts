@@ -15,6 +15,8 @@ import { denyDisconnect } from '../src/plugin/decision';
 
 export default definePlugin({
   description: 'disconnect after too many unrecognized commands',
+  // Counting protects the server; relay clients get no exemption from it.
+  defaults: { immune: false },
   options: z.object({ max: z.number().int().min(1).default(4) }).strict(),
   create(opts) {
     return {

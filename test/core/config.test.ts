@@ -1,7 +1,7 @@
 /** Configuration errors name the file, the key and (where it exists) the line. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, parseConfig } from '../../src/config/load';
+import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load';
 import { MemoryLogger } from '../../src/log';
 import { buildRuntime } from '../../src/runtime';
 import { FIXTURE_PLUGINS } from '../helpers/proxy';
@@ -132,4 +132,13 @@ test('plugin_dirs are searched before the built-in plugins', async () => {
   assert.equal(rt.chain.plugins[0]!.id, 'scripted');
   assert.match(rt.chain.describe(), /connect: scripted/);
   await rt.chain.shutdown();
+});
+
+test('the shipped configs are valid and their plugins load', async () => {
+  for (const file of ['prequeue.yaml', 'example.yaml']) {
+    const path = require('node:path').resolve(__dirname, '../../../config', file);
+    const rt = await buildRuntime(loadConfigFile(path), new MemoryLogger('error'));
+    assert.ok(rt.chain.plugins.length > 0, file);
+    await rt.chain.shutdown();
+  }
 });
