@@ -25,7 +25,30 @@ export class DownstreamRelay {
     private readonly ehloName: string,
     private readonly mode: 'postfix' | 'standalone',
     private readonly log: Logger,
+    /** Milliseconds any one client reply may wait for the downstream, all its stages together. */
+    private readonly replyDeadlineMs: number,
   ) {}
+
+  /**
+   * Bounds a whole step (which may be several downstream commands: connect,
+   * EHLO, XFORWARD, MAIL) by the client's reply deadline; past it the link is
+   * dropped, so a late downstream answer can never be taken for this one.
+   */
+  private async within(deadlineAt: number, step: () => Promise<Reply>): Promise<Reply> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<Reply>((resolve) => {
+      timer = setTimeout(() => {
+        this.log.warn(`downstream did not answer within the reply deadline; dropping the link`);
+        this.drop();
+        resolve(reply(451, '4.4.2', 'Downstream server timed out, try again later'));
+      }, Math.max(0, deadlineAt - Date.now()));
+    });
+    try {
+      return await Promise.race([step(), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 
   get connected(): boolean {
     return !!this.client && !this.client.closed;
@@ -108,7 +131,11 @@ export class DownstreamRelay {
   }
 
   /** Opens the link if needed, describes the client (XFORWARD, every transaction), sends MAIL. */
-  async mail(client: ClientInfo, raw: string): Promise<Reply> {
+  mail(client: ClientInfo, raw: string): Promise<Reply> {
+    return this.within(Date.now() + this.replyDeadlineMs, () => this.doMail(client, raw));
+  }
+
+  private async doMail(client: ClientInfo, raw: string): Promise<Reply> {
     try {
       const problem = await this.ensureConnected(client);
       if (problem) {
@@ -133,7 +160,11 @@ export class DownstreamRelay {
     }
   }
 
-  async rcpt(raw: string): Promise<Reply> {
+  rcpt(raw: string): Promise<Reply> {
+    return this.within(Date.now() + this.replyDeadlineMs, () => this.doRcpt(raw));
+  }
+
+  private async doRcpt(raw: string): Promise<Reply> {
     if (!this.client || !this.inTransaction) return reply(451, '4.4.2', 'Downstream connection lost, try again later');
     try {
       const r = await this.client.rcpt(raw);
@@ -145,8 +176,15 @@ export class DownstreamRelay {
     }
   }
 
-  /** DATA, the message, the final dot: the downstream's end-of-data reply is the answer. */
-  async data(message: Readable): Promise<Reply> {
+  /**
+   * DATA, the message, the final dot: the downstream's end-of-data reply is the
+   * answer, unless `deadlineAt` (set from the client's final dot) passes first.
+   */
+  data(message: Readable, deadlineAt: number): Promise<Reply> {
+    return this.within(deadlineAt, () => this.doData(message));
+  }
+
+  private async doData(message: Readable): Promise<Reply> {
     if (!this.client || !this.inTransaction) {
       message.destroy();
       return reply(451, '4.4.2', 'Downstream connection lost, try again later');

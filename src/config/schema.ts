@@ -162,10 +162,13 @@ export const configSchema = z
     /** Default seconds a plugin hook may take. */
     plugin_timeout: z.number().positive().max(300).default(30),
     /**
-     * Seconds from the client's final dot until the downstream gets the message:
-     * data_post and queue plugins share it, so that with the downstream's own
-     * end-of-data time the reply stays under Postfix's 100 s.
+     * The longest any reply to the client may take (MAIL with the downstream
+     * connection set up, RCPT, and from the final dot to our answer). Past it the
+     * client gets 451 and the downstream transaction is dropped. Postfix waits
+     * at most smtpd_proxy_timeout (100 s) and then may deliver twice.
      */
+    reply_deadline: z.number().positive().max(POSTFIX_PROXY_TIMEOUT - 5).default(85),
+    /** Seconds the data_post and queue plugins of one message get together (part of reply_deadline). */
     data_post_budget: z.number().positive().max(80).default(30),
     /** Seconds SIGTERM waits for transactions in flight. */
     shutdown_timeout: seconds(30),
@@ -185,11 +188,11 @@ export const configSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
-    if (c.downstream.timeouts.eod + c.data_post_budget >= POSTFIX_PROXY_TIMEOUT) {
+    if (c.data_post_budget >= c.reply_deadline) {
       ctx.addIssue({
         code: 'custom',
         path: ['data_post_budget'],
-        message: `data_post_budget (${c.data_post_budget}) + downstream.timeouts.eod (${c.downstream.timeouts.eod}) must stay under Postfix's smtpd_proxy_timeout (${POSTFIX_PROXY_TIMEOUT} s)`,
+        message: `data_post_budget (${c.data_post_budget}) must leave time within reply_deadline (${c.reply_deadline}) for the downstream`,
       });
     }
     for (const s of c.immune_senders) {

@@ -87,7 +87,7 @@ export class Session implements FrontendHandler {
     this.state = new SessionState(id, cfg.mode, { addr: opts.peer.addr, port: opts.peer.port, via: 'tcp' }, opts.peer, opts.local, opts.secure);
     this.log = this.rt.log.child({ conn: id });
     this.trustedPeer = this.rt.trustedProxies.contains(opts.peer.addr);
-    this.relay = new DownstreamRelay(cfg.downstream, cfg.downstream.ehlo_name ?? cfg.hostname, cfg.mode, this.log);
+    this.relay = new DownstreamRelay(cfg.downstream, cfg.downstream.ehlo_name ?? cfg.hostname, cfg.mode, this.log, cfg.reply_deadline * 1000);
     this.updateRelayClient();
   }
 
@@ -333,8 +333,11 @@ export class Session implements FrontendHandler {
         headersOutcome.catch(() => undefined);
       });
     }
+    let deadlineAt = 0;
     try {
       await pipeline(stream, spool);
+      // The client (Postfix) now waits for our answer: everything from here shares reply_deadline.
+      deadlineAt = Date.now() + cfg.reply_deadline * 1000;
       txn.message = await spool.finish();
     } catch (err) {
       await spool.dispose();
@@ -353,7 +356,7 @@ export class Session implements FrontendHandler {
       await this.relay.reset();
       return this.finish(refusal, 'refused');
     }
-    const queued = await this.queue(txn);
+    const queued = await this.queue(txn, deadlineAt);
     return this.finish(queued, undefined);
   }
 
@@ -383,7 +386,7 @@ export class Session implements FrontendHandler {
   }
 
   /** The queue hook may take the message itself; otherwise it goes to the downstream. */
-  private async queue(txn: Transaction): Promise<Reply> {
+  private async queue(txn: Transaction, deadlineAt: number): Promise<Reply> {
     const message = txn.message!;
     if (this.rt.chain.has('queue')) {
       const outcome = await this.run('queue', message);
@@ -398,7 +401,7 @@ export class Session implements FrontendHandler {
       }
     }
     if (this.addsReceived()) message.headers.prepend('Received', this.receivedHeader(txn));
-    return this.relay.data(message.stream());
+    return this.relay.data(message.stream(), deadlineAt);
   }
 
   private addsReceived(): boolean {

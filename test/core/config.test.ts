@@ -70,8 +70,10 @@ test("downstream timeouts must stay under Postfix's smtpd_proxy_timeout", () => 
   const problems = problemsOf('downstream:\n  timeouts:\n    eod: 120\n');
   assert.equal(problems[0]!.key, 'downstream.timeouts.eod');
   assert.match(problems[0]!.message, /smtpd_proxy_timeout/);
-  const sum = problemsOf('data_post_budget: 60\ndownstream:\n  timeouts:\n    eod: 50\n');
-  assert.equal(sum[0]!.key, 'data_post_budget');
+  const [deadline] = problemsOf('reply_deadline: 120\n');
+  assert.equal(deadline!.key, 'reply_deadline');
+  const [budget] = problemsOf('reply_deadline: 20\ndata_post_budget: 30\n');
+  assert.equal(budget!.key, 'data_post_budget');
 });
 
 test('CLI overrides replace the file values and are validated too', () => {

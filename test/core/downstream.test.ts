@@ -132,6 +132,22 @@ describe('downstream failures become 4xx, never 250', () => {
     });
   }
 
+  test('a downstream slow at every step, each within its own timeout, still cannot hold MAIL past reply_deadline', async () => {
+    const slow = { reply: undefined, delayMs: 400 };
+    downstream = await FakeSmtpServer.start({
+      script: { greeting: { ...slow, reply: '220 slow ESMTP' }, ehlo: { ...slow, reply: '250-slow\n250 XFORWARD NAME ADDR PROTO HELO' }, xforward: { ...slow, reply: '250 2.0.0 Ok' }, mail: { ...slow, reply: '250 2.1.0 Ok' } },
+    });
+    proxy = await startProxy({ mode: 'standalone', reply_deadline: 1, data_post_budget: 0.5, downstream: { address: `127.0.0.1:${downstream.port}` } });
+    const t = await SmtpTalk.connect(proxy.port);
+    await t.cmd('EHLO c.example');
+    const started = Date.now();
+    const r = await t.cmd('MAIL FROM:<a@example.net>');
+    const took = Date.now() - started;
+    assert.equal(r.code, 451);
+    assert.ok(took >= 900 && took < 1500, `answered after ${took} ms`);
+    await t.quit();
+  });
+
   test('the proxy keeps serving after a downstream failure', async () => {
     let first = true;
     const p = await setup({
