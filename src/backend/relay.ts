@@ -15,6 +15,8 @@ import { SmtpClient, SmtpClientError, type Stage } from './smtp-client';
  */
 export class DownstreamRelay {
   private client: SmtpClient | undefined;
+  /** Who the downstream was told the client is by XCLIENT on this link (it cannot be told again). */
+  private xclientFor: string | undefined;
   private inTransaction = false;
   /** The downstream accepted MAIL and at least one RCPT in the current transaction. */
   private recipients = 0;
@@ -92,7 +94,12 @@ export class DownstreamRelay {
   }
 
   private async ensureConnected(client: ClientInfo): Promise<Reply | undefined> {
+    if (this.connected && this.xclientFor !== undefined && this.xclientFor !== clientKey(client)) {
+      // A chained proxy described a different client: this link speaks for the old one.
+      await this.quit();
+    }
     if (this.connected) return undefined;
+    this.xclientFor = undefined;
     const tlsOpts = {
       rejectUnauthorized: this.cfg.tls.reject_unauthorized,
       ...(this.cfg.tls.ca ? { ca: readFileSync(this.cfg.tls.ca) } : {}),
@@ -124,6 +131,7 @@ export class DownstreamRelay {
     if (this.mode === 'standalone' && this.cfg.xclient && c.capabilities.has('XCLIENT')) {
       r = await c.xclient(clientAttributes(client, 'XCLIENT'));
       if (r.code !== 220) return reply(451, '4.3.0', 'Downstream server refused XCLIENT, try again later');
+      this.xclientFor = clientKey(client);
       r = await c.ehlo(client.helo ?? this.ehloName);
       if (r.code !== 250) return reply(451, '4.3.0', 'Downstream server refused EHLO, try again later');
     }
@@ -143,7 +151,8 @@ export class DownstreamRelay {
         return problem;
       }
       const c = this.client!;
-      if (this.cfg.xforward && c.capabilities.has('XFORWARD')) {
+      // After XCLIENT the downstream already takes the real client for its own; XFORWARD would only repeat it.
+      if (this.cfg.xforward && this.xclientFor === undefined && c.capabilities.has('XFORWARD')) {
         const r = await c.xforward(clientAttributes(client, 'XFORWARD'));
         if (r.code !== 250) {
           this.drop();
@@ -244,6 +253,10 @@ export class DownstreamRelay {
     this.inTransaction = false;
     if (c && !c.closed) await c.quit().catch(() => c.close());
   }
+}
+
+function clientKey(c: ClientInfo): string {
+  return `${c.addr} ${c.port} ${c.name ?? ''} ${c.helo ?? ''}`;
 }
 
 /** XFORWARD/XCLIENT attributes for the real client; values are xtext-encoded by the client module. */
