@@ -16,35 +16,49 @@ export interface LogConfig {
   file?: string;
 }
 
+/** The level check and the per-level methods, shared by the winston logger and the in-memory one. */
+abstract class LevelLogger implements Logger {
+  constructor(
+    readonly level: LogLevel,
+    protected readonly meta: Record<string, unknown>,
+  ) {}
+  enabled(level: LogLevel): boolean {
+    return RANK[level] <= RANK[this.level];
+  }
+  protected abstract write(level: LogLevel, msg: string, meta: Record<string, unknown>): void;
+  abstract child(meta: Record<string, unknown>, level?: LogLevel): Logger;
+  private log(level: LogLevel, msg: string, meta?: Record<string, unknown>): void {
+    if (this.enabled(level)) this.write(level, msg, meta ? { ...this.meta, ...meta } : this.meta);
+  }
+  error(msg: string, meta?: Record<string, unknown>): void {
+    this.log('error', msg, meta);
+  }
+  warn(msg: string, meta?: Record<string, unknown>): void {
+    this.log('warn', msg, meta);
+  }
+  info(msg: string, meta?: Record<string, unknown>): void {
+    this.log('info', msg, meta);
+  }
+  debug(msg: string, meta?: Record<string, unknown>): void {
+    this.log('debug', msg, meta);
+  }
+}
+
 /**
  * winston does the writing; the level check happens here, because per-plugin
  * levels can be more verbose than the global one and winston filters per
  * transport, not per child.
  */
-class WinstonFacade implements Logger {
+class WinstonFacade extends LevelLogger {
   constructor(
     private readonly w: winston.Logger,
-    readonly level: LogLevel,
-    private readonly meta: Record<string, unknown>,
-  ) {}
-  enabled(level: LogLevel): boolean {
-    return RANK[level] <= RANK[this.level];
+    level: LogLevel,
+    meta: Record<string, unknown>,
+  ) {
+    super(level, meta);
   }
-  private write(level: LogLevel, msg: string, meta?: Record<string, unknown>): void {
-    if (!this.enabled(level)) return;
-    this.w.log(level, msg, meta ? { ...this.meta, ...meta } : this.meta);
-  }
-  error(msg: string, meta?: Record<string, unknown>): void {
-    this.write('error', msg, meta);
-  }
-  warn(msg: string, meta?: Record<string, unknown>): void {
-    this.write('warn', msg, meta);
-  }
-  info(msg: string, meta?: Record<string, unknown>): void {
-    this.write('info', msg, meta);
-  }
-  debug(msg: string, meta?: Record<string, unknown>): void {
-    this.write('debug', msg, meta);
+  protected write(level: LogLevel, msg: string, meta: Record<string, unknown>): void {
+    this.w.log(level, msg, meta);
   }
   child(meta: Record<string, unknown>, level?: LogLevel): Logger {
     return new WinstonFacade(this.w, level ?? this.level, { ...this.meta, ...meta });
@@ -73,32 +87,14 @@ export function createLogger(cfg: LogConfig, base: Record<string, unknown> = {})
 }
 
 /** For tests and `--check`: a logger that keeps lines in memory. */
-export class MemoryLogger implements Logger {
+export class MemoryLogger extends LevelLogger {
   readonly lines: { level: LogLevel; msg: string; meta: Record<string, unknown> }[];
-  constructor(
-    readonly level: LogLevel = 'debug',
-    private readonly meta: Record<string, unknown> = {},
-    lines?: MemoryLogger['lines'],
-  ) {
+  constructor(level: LogLevel = 'debug', meta: Record<string, unknown> = {}, lines?: MemoryLogger['lines']) {
+    super(level, meta);
     this.lines = lines ?? [];
   }
-  enabled(level: LogLevel): boolean {
-    return RANK[level] <= RANK[this.level];
-  }
-  private write(level: LogLevel, msg: string, meta?: Record<string, unknown>): void {
-    if (this.enabled(level)) this.lines.push({ level, msg, meta: { ...this.meta, ...meta } });
-  }
-  error(msg: string, meta?: Record<string, unknown>): void {
-    this.write('error', msg, meta);
-  }
-  warn(msg: string, meta?: Record<string, unknown>): void {
-    this.write('warn', msg, meta);
-  }
-  info(msg: string, meta?: Record<string, unknown>): void {
-    this.write('info', msg, meta);
-  }
-  debug(msg: string, meta?: Record<string, unknown>): void {
-    this.write('debug', msg, meta);
+  protected write(level: LogLevel, msg: string, meta: Record<string, unknown>): void {
+    this.lines.push({ level, msg, meta });
   }
   child(meta: Record<string, unknown>, level?: LogLevel): Logger {
     return new MemoryLogger(level ?? this.level, { ...this.meta, ...meta }, this.lines);
