@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile, type Overrides } from './config/load';
 import { createLogger, MemoryLogger, type Logger } from './log';
-import { buildRuntime } from './runtime';
+import { buildRuntime, closeRuntime } from './runtime';
 import { ProxyServer } from './server';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -61,7 +61,7 @@ async function check(opts: CliOptions): Promise<number> {
   console.log(`${opts.file}: OK`);
   console.log(`mode ${c.mode}, listen ${c.listen.host}:${c.listen.port}, downstream ${c.downstream.address.host}:${c.downstream.address.port}`);
   console.log(rt.chain.describe());
-  await rt.chain.shutdown();
+  await closeRuntime(rt);
   return 0;
 }
 

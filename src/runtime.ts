@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { DownstreamPool } from './backend/pool';
 import { ConfigError, loadConfigFile, type LoadedConfig, type Overrides } from './config/load';
 import type { Logger } from './log';
 import { PluginChain } from './plugin/chain';
@@ -20,6 +22,10 @@ export interface Runtime {
   relayClients: CidrList;
   immuneSenders: (address: string) => boolean;
   tls?: { key: Buffer; cert: Buffer };
+  /** Idle downstream links shared by the sessions of this runtime. */
+  pool: DownstreamPool;
+  /** Where messages over the memory threshold are spooled. */
+  spoolDir: string;
   /** Sessions still using this runtime; the chain is shut down when a replaced runtime drains. */
   users: number;
 }
@@ -59,8 +65,16 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
     relayClients: new CidrList(config.relay_clients),
     immuneSenders: senderMatcher(config.immune_senders),
     tls,
+    pool: new DownstreamPool(config.downstream.pool.max_idle, config.downstream.pool.idle_timeout * 1000),
+    spoolDir: config.spool.dir ? resolve(loaded.dir, config.spool.dir) : tmpdir(),
     users: 0,
   };
+}
+
+/** Releases what a runtime holds once no session uses it. */
+export async function closeRuntime(rt: Runtime): Promise<void> {
+  await rt.pool.close();
+  await rt.chain.shutdown();
 }
 
 export async function loadRuntime(file: string, overrides: Overrides, log: Logger): Promise<Runtime> {

@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import { FrontendServer, type HookedConnection } from './smtp/frontend';
 import { Session } from './session/session';
-import type { Runtime } from './runtime';
+import { closeRuntime, type Runtime } from './runtime';
 
 /**
  * The listener: accepts connections, gives each a Session bound to the
@@ -98,7 +98,7 @@ export class ProxyServer {
 
   private async retire(rt: Runtime): Promise<void> {
     this.retired.delete(rt);
-    await rt.chain.shutdown();
+    await closeRuntime(rt);
   }
 
   /** Stop accepting; let transactions in flight finish until the deadline; then cut them off (421). */
@@ -116,7 +116,7 @@ export class ProxyServer {
       while (this.sessions.size && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
     }
     await listenerClosed;
-    await this.runtime.chain.shutdown();
+    await closeRuntime(this.runtime);
     for (const rt of [...this.retired]) await this.retire(rt);
   }
 }

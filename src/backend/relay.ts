@@ -5,6 +5,7 @@ import type { DownstreamConfig } from '../config/schema';
 import type { Logger } from '../log';
 import { reply, type Reply } from '../smtp/reply';
 import type { ClientInfo } from '../session/state';
+import type { DownstreamPool } from './pool';
 import { SmtpClient, SmtpClientError, type Stage } from './smtp-client';
 
 /**
@@ -15,11 +16,11 @@ import { SmtpClient, SmtpClientError, type Stage } from './smtp-client';
  */
 export class DownstreamRelay {
   private client: SmtpClient | undefined;
+  /** The link came from the pool: it may have gone stale while idle. */
+  private pooled = false;
   /** Who the downstream was told the client is by XCLIENT on this link (it cannot be told again). */
   private xclientFor: string | undefined;
   private inTransaction = false;
-  /** The downstream accepted MAIL and at least one RCPT in the current transaction. */
-  private recipients = 0;
   lastReply: Reply | undefined;
 
   constructor(
@@ -29,6 +30,7 @@ export class DownstreamRelay {
     private readonly log: Logger,
     /** Milliseconds any one client reply may wait for the downstream, all its stages together. */
     private readonly replyDeadlineMs: number,
+    private readonly pool?: DownstreamPool,
   ) {}
 
   /**
@@ -100,6 +102,11 @@ export class DownstreamRelay {
     }
     if (this.connected) return undefined;
     this.xclientFor = undefined;
+    const idle = this.pool?.take();
+    if (idle) {
+      this.attach(idle, true);
+      return undefined;
+    }
     const tlsOpts = {
       rejectUnauthorized: this.cfg.tls.reject_unauthorized,
       ...(this.cfg.tls.ca ? { ca: readFileSync(this.cfg.tls.ca) } : {}),
@@ -112,10 +119,7 @@ export class DownstreamRelay {
       tls: tlsOpts,
       log: this.log.enabled('debug') ? (dir, line) => this.log.debug(`downstream ${dir}: ${line}`) : undefined,
     });
-    this.client = c;
-    c.once('close', () => {
-      if (this.client === c) this.client = undefined;
-    });
+    this.attach(c, false);
     let r = await c.ehlo(this.ehloName);
     if (r.code !== 250) return reply(451, '4.3.0', 'Downstream server refused EHLO, try again later');
     if (this.cfg.starttls !== 'off') {
@@ -138,12 +142,46 @@ export class DownstreamRelay {
     return undefined;
   }
 
-  /** Opens the link if needed, describes the client (XFORWARD, every transaction), sends MAIL. */
-  mail(client: ClientInfo, raw: string): Promise<Reply> {
-    return this.within(Date.now() + this.replyDeadlineMs, () => this.doMail(client, raw));
+  private readonly onLinkClose = (): void => {
+    this.client = undefined;
+  };
+
+  private attach(c: SmtpClient, pooled: boolean): void {
+    this.client = c;
+    this.pooled = pooled;
+    c.once('close', this.onLinkClose);
   }
 
-  private async doMail(client: ClientInfo, raw: string): Promise<Reply> {
+  /** Takes the link away from this relay (to pool it or end it). */
+  private detach(): SmtpClient | undefined {
+    const c = this.client;
+    this.client = undefined;
+    this.inTransaction = false;
+    c?.removeListener('close', this.onLinkClose);
+    return c;
+  }
+
+  /** Opens the link if needed, describes the client (XFORWARD, every transaction), sends MAIL. */
+  mail(client: ClientInfo, raw: string): Promise<Reply> {
+    return this.within(Date.now() + this.replyDeadlineMs, async () => {
+      const r = await this.doMail(client, raw);
+      // A pooled link the downstream dropped while idle fails before MAIL is accepted;
+      // nothing was accepted on it, so once more on a fresh link is safe.
+      if (this.retryFresh && r.code >= 400) {
+        this.retryFresh = false;
+        this.log.debug('pooled downstream link was stale; retrying on a new one');
+        return this.doMail(client, raw, false);
+      }
+      return r;
+    });
+  }
+
+  /** Set when the last doMail failed on a pooled link before the downstream answered MAIL itself. */
+  private retryFresh = false;
+
+  private async doMail(client: ClientInfo, raw: string, mayRetry = true): Promise<Reply> {
+    this.retryFresh = false;
+    let answeredMail = false;
     try {
       const problem = await this.ensureConnected(client);
       if (problem) {
@@ -155,16 +193,23 @@ export class DownstreamRelay {
       if (this.cfg.xforward && this.xclientFor === undefined && c.capabilities.has('XFORWARD')) {
         const r = await c.xforward(clientAttributes(client, 'XFORWARD'));
         if (r.code !== 250) {
+          this.retryFresh = mayRetry && this.pooled && r.code === 421;
           this.drop();
           return reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later');
         }
       }
       const r = await c.mail(raw);
+      answeredMail = r.code !== 421;
+      if (!answeredMail && mayRetry && this.pooled) {
+        this.retryFresh = true;
+        this.drop();
+        return r;
+      }
       this.inTransaction = r.code === 250;
-      this.recipients = 0;
       this.lastReply = r;
       return r;
     } catch (err) {
+      this.retryFresh = mayRetry && this.pooled && !answeredMail && err instanceof SmtpClientError && err.kind !== 'timeout';
       return this.failure(err, 'MAIL');
     }
   }
@@ -177,7 +222,6 @@ export class DownstreamRelay {
     if (!this.client || !this.inTransaction) return reply(451, '4.4.2', 'Downstream connection lost, try again later');
     try {
       const r = await this.client.rcpt(raw);
-      if (r.code === 250 || r.code === 251) this.recipients++;
       this.lastReply = r;
       return r;
     } catch (err) {
@@ -203,7 +247,7 @@ export class DownstreamRelay {
       const r = await c.data();
       if (r.code !== 354) {
         message.destroy();
-        this.inTransaction = false;
+        // MAIL and RCPT still stand at the downstream: reset() sends RSET before the link is reused.
         this.lastReply = r;
         // A 2xx/3xx other than 354 here is nonsense; never let it turn into a success.
         return r.code >= 400 ? r : reply(451, '4.3.0', 'Downstream server refused DATA, try again later');
@@ -226,11 +270,6 @@ export class DownstreamRelay {
   async reset(): Promise<void> {
     if (!this.client || !this.inTransaction) return;
     this.inTransaction = false;
-    if (this.mode === 'postfix') {
-      // Postfix gives a filter one message per connection; an RSET there would only be followed by QUIT.
-      await this.quit();
-      return;
-    }
     try {
       const r = await this.client.rset();
       if (r.code !== 250) this.drop();
@@ -241,17 +280,21 @@ export class DownstreamRelay {
 
   /** Tear down at once (never sends the final dot). */
   drop(): void {
-    this.inTransaction = false;
-    const c = this.client;
-    this.client = undefined;
-    c?.abort();
+    this.detach()?.abort();
   }
 
+  /**
+   * The client is gone: a clean link goes back to the pool, anything else is
+   * ended with QUIT (an open transaction is reset first, so nothing half-done
+   * is ever handed on).
+   */
   async quit(): Promise<void> {
-    const c = this.client;
-    this.client = undefined;
-    this.inTransaction = false;
-    if (c && !c.closed) await c.quit().catch(() => c.close());
+    if (this.inTransaction) await this.reset();
+    const reusable = this.xclientFor === undefined;
+    const c = this.detach();
+    if (!c || c.closed) return;
+    if (this.pool && reusable) this.pool.give(c);
+    else await c.quit().catch(() => c.close());
   }
 }
 

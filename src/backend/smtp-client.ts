@@ -201,6 +201,11 @@ export class SmtpClient extends EventEmitter {
     return new SmtpClient(opts).open();
   }
 
+  /** Between commands, nothing pending or held back by the server: safe to hand to another transaction. */
+  get idle(): boolean {
+    return !this._closed && !this.pending && !this.inData && !this.unsolicited && !this.upgrading;
+  }
+
   get closed(): boolean {
     return this._closed;
   }

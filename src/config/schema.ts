@@ -71,6 +71,17 @@ export const downstreamSchema = z
     xforward: z.boolean().default(true),
     /** Standalone mode: send XCLIENT (Postfix) so the downstream applies its own client checks to the real client. */
     xclient: z.boolean().default(false),
+    /**
+     * Idle links kept for the next transaction (connect, greeting and EHLO are
+     * then skipped). Each holds a downstream smtpd process; 0 turns it off.
+     */
+    pool: z
+      .object({
+        max_idle: z.number().int().min(0).max(1000).default(16),
+        idle_timeout: z.number().positive().max(240).default(10),
+      })
+      .strict()
+      .default({ max_idle: 16, idle_timeout: 10 }),
     timeouts: z
       .object({
         connect: downstreamSeconds(10),

@@ -198,3 +198,69 @@ describe('rejections abort the downstream without a final dot', () => {
     assert.deepEqual(downstream!.messages[0]!.rcptTo, ['<good@example.test>']);
   });
 });
+
+describe('downstream link reuse', () => {
+  test('a clean link serves the next client, with XFORWARD sent afresh for each transaction', async () => {
+    downstream = await FakeSmtpServer.start();
+    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` } });
+    for (const helo of ['first.example', 'second.example']) {
+      const t = await SmtpTalk.connect(proxy.port);
+      assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n', helo)).eod?.code, 250);
+      await t.quit();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(downstream.sessions.length, 1, 'one downstream connection for both clients');
+    assert.deepEqual(
+      downstream.messages.map((m) => /HELO=(\S+)/.exec(m.xforward.join(' '))?.[1]),
+      ['first.example', 'second.example'],
+    );
+  });
+
+  test('a link whose transaction was refused is reset before it is reused', async () => {
+    downstream = await FakeSmtpServer.start();
+    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` }, plugins: ['scripted'] });
+    scripted.script.data_post = deny('no');
+    const t = await SmtpTalk.connect(proxy.port);
+    assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 550);
+    t.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    scripted.reset();
+    const u = await SmtpTalk.connect(proxy.port);
+    assert.equal((await u.send('c@example.net', ['d@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 250);
+    await u.quit();
+    assert.equal(downstream.sessions.length, 1);
+    const lines = downstream.sessions[0]!.lines;
+    assert.ok(lines.indexOf('RSET') > lines.indexOf('MAIL FROM:<a@example.net>'));
+    assert.ok(lines.indexOf('RSET') < lines.indexOf('MAIL FROM:<c@example.net>'));
+    assert.deepEqual(downstream.messages.map((m) => m.mailFrom), ['<c@example.net>']);
+  });
+
+  test('a pooled link the downstream gave up on is replaced without the client noticing', async () => {
+    let mails = 0;
+    downstream = await FakeSmtpServer.start({
+      script: { mail: (_arg, session) => (session.index === 0 && mails++ === 1 ? { reply: '421 4.4.2 idle too long', thenClose: true } : undefined) },
+    });
+    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` } });
+    for (let i = 0; i < 2; i++) {
+      const t = await SmtpTalk.connect(proxy.port);
+      assert.equal((await t.send('a@example.net', ['b@example.test'], `Subject: ${i}\r\n\r\ny\r\n`)).eod?.code, 250);
+      await t.quit();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(downstream.sessions.length, 2, 'a fresh link after the stale one');
+    assert.equal(downstream.messages.length, 2);
+  });
+
+  test('pool.max_idle: 0 gives every client its own link', async () => {
+    downstream = await FakeSmtpServer.start();
+    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}`, pool: { max_idle: 0 } } });
+    for (let i = 0; i < 2; i++) {
+      const t = await SmtpTalk.connect(proxy.port);
+      assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 250);
+      await t.quit();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(downstream.sessions.length, 2);
+    assert.ok(downstream.sessions.every((s) => s.lines.includes('QUIT')));
+  });
+});
