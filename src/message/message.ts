@@ -12,7 +12,7 @@ import type { SpoolViolation } from './spool';
 
 const CR = 0x0d;
 const LF = 0x0a;
-const READ_HIGH_WATER_MARK = 128 * 1024;
+const READ_HIGH_WATER_MARK = 1024 * 1024;
 
 /** bodyBuffer()'s limit when none is given. */
 export const DEFAULT_BODY_BUFFER_LIMIT = 16 * 1024 * 1024;

@@ -107,6 +107,7 @@ export class Session implements FrontendHandler {
     this.state = new SessionState(id, cfg.mode, { addr: opts.peer.addr, port: opts.peer.port, via: 'tcp' }, opts.peer, opts.local, opts.secure);
     this.log = this.rt.log.child({ conn: id });
     this.trustedPeer = this.rt.trustedProxies.contains(opts.peer.addr);
+    if (this.log.enabled('debug')) this.dialogue = (dir, line) => this.log.debug(`${dir}: ${line}`);
     this.relay = new DownstreamRelay(cfg.downstream, cfg.downstream.ehlo_name ?? cfg.hostname, cfg.mode, this.log, cfg.reply_deadline * 1000, this.rt.pool);
     this.updateRelayClient();
   }
@@ -450,6 +451,7 @@ export class Session implements FrontendHandler {
   }
 
   private logTransaction(txn: Transaction, r: Reply, note: string | undefined): void {
+    if (!this.log.enabled('info')) return;
     const c = this.state.client;
     this.log.info('transaction', {
       txn: txn.id,
@@ -525,9 +527,8 @@ export class Session implements FrontendHandler {
     })();
   }
 
-  dialogue(dir: 'C' | 'S', line: string): void {
-    if (this.log.enabled('debug')) this.log.debug(`${dir}: ${line}`);
-  }
+  /** Present only at debug level, so the front end does not even format lines otherwise. */
+  readonly dialogue?: (dir: 'C' | 'S', line: string) => void;
 
   /** Set by the listener: called as soon as the client is gone (connection counting). */
   onDisconnected?: () => void;
