@@ -190,15 +190,14 @@ export class DownstreamRelay {
       }
       const c = this.client!;
       // After XCLIENT the downstream already takes the real client for its own; XFORWARD would only repeat it.
-      if (this.cfg.xforward && this.xclientFor === undefined && c.capabilities.has('XFORWARD')) {
-        const r = await c.xforward(clientAttributes(client, 'XFORWARD'));
-        if (r.code !== 250) {
-          this.retryFresh = mayRetry && this.pooled && r.code === 421;
-          this.drop();
-          return reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later');
-        }
+      const describe = this.cfg.xforward && this.xclientFor === undefined && c.capabilities.has('XFORWARD');
+      const { xforward, mail: r } = await c.xforwardAndMail(describe ? clientAttributes(client, 'XFORWARD') : undefined, raw);
+      if (xforward && xforward.code !== 250) {
+        this.retryFresh = mayRetry && this.pooled && xforward.code === 421;
+        // MAIL may have been accepted in the same round trip: the link is not reused.
+        this.drop();
+        return reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later');
       }
-      const r = await c.mail(raw);
       answeredMail = r.code !== 421;
       if (!answeredMail && mayRetry && this.pooled) {
         this.retryFresh = true;

@@ -370,6 +370,65 @@ export class SmtpClient extends EventEmitter {
     });
   }
 
+  /**
+   * Several commands in one write, their replies read in order (RFC 2920).
+   * Only for servers that advertised PIPELINING and commands that may share a
+   * group; saves a round trip per group.
+   */
+  private commands(steps: [Stage, string][]): Promise<Reply[]> {
+    const first = steps[0]![0];
+    if (this.unsolicited || this._closed || this.pending || this.inData || steps.some(([, l]) => /[\r\n]/.test(l))) {
+      // The one-at-a-time path knows how to answer each of these cases.
+      return this.command(first, steps[0]![1]).then(async (r) => [r, ...(await this.sequential(steps.slice(1)))]);
+    }
+    return new Promise<Reply[]>((resolve, reject) => {
+      const replies: Reply[] = [];
+      const next = (): void => {
+        const stage = steps[replies.length]![0];
+        // Registered synchronously from the previous reply's callback: the next
+        // reply may already be in the same packet.
+        this.wait(stage, this.timeout(stage), (r) => {
+          replies.push(r);
+          if (replies.length === steps.length) resolve(replies);
+          else next();
+        }, reject);
+      };
+      next();
+      for (const [, line] of steps) this.opts.log?.('C', line);
+      this.socket.write(steps.map(([, line]) => line + '\r\n').join(''));
+    });
+  }
+
+  private async sequential(steps: [Stage, string][]): Promise<Reply[]> {
+    const out: Reply[] = [];
+    for (const [stage, line] of steps) out.push(await this.command(stage, line));
+    return out;
+  }
+
+  /**
+   * XFORWARD (when advertised) and MAIL, in one round trip when the server
+   * offers PIPELINING and the attributes fit one XFORWARD line. `xforward` is
+   * undefined when none was sent; a refused XFORWARD means the caller must not
+   * use this transaction (MAIL may have been accepted without it).
+   */
+  async xforwardAndMail(attrs: Record<string, string | undefined> | undefined, mailArg: string): Promise<{ xforward?: Reply; mail: Reply }> {
+    const lines = attrs ? this.proxyLines('XFORWARD', attrs) : [];
+    const mailLine = `MAIL FROM:${mailArg}`;
+    if (lines.length === 1 && this.capabilities.has('PIPELINING')) {
+      const [xforward, mail] = await this.commands([
+        ['xforward', lines[0]!],
+        ['mail', mailLine],
+      ]);
+      return { xforward, mail: mail! };
+    }
+    let xforward: Reply | undefined;
+    if (lines.length) {
+      xforward = await this.xforward(attrs!);
+      if (!isPositive(xforward)) return { xforward, mail: xforward };
+    }
+    return { xforward, mail: await this.command('mail', mailLine) };
+  }
+
   /** Send one command line and wait for its reply. */
   private command(stage: Stage, line: string): Promise<Reply> {
     if (this.unsolicited) {
