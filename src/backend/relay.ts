@@ -95,14 +95,14 @@ export class DownstreamRelay {
     return reply(451, '4.3.0', 'Temporary local problem, please try again later');
   }
 
-  private async ensureConnected(client: ClientInfo): Promise<Reply | undefined> {
+  private async ensureConnected(client: ClientInfo, usePool: boolean): Promise<Reply | undefined> {
     if (this.connected && this.xclientFor !== undefined && this.xclientFor !== clientKey(client)) {
       // A chained proxy described a different client: this link speaks for the old one.
       await this.quit();
     }
     if (this.connected) return undefined;
     this.xclientFor = undefined;
-    const idle = this.pool?.take();
+    const idle = usePool ? this.pool?.take() : undefined;
     if (idle) {
       this.attach(idle, true);
       return undefined;
@@ -183,7 +183,8 @@ export class DownstreamRelay {
     this.retryFresh = false;
     let answeredMail = false;
     try {
-      const problem = await this.ensureConnected(client);
+      // The retry after a stale pooled link takes a new one, not the next pooled.
+      const problem = await this.ensureConnected(client, mayRetry);
       if (problem) {
         this.drop();
         return problem;
