@@ -97,6 +97,8 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
       process.exit(0);
     });
   };
+  // A stray rejection must not take every session down with it (Node ends the process by default).
+  process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
   process.on('SIGHUP', reload);
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

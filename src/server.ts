@@ -59,7 +59,7 @@ export class ProxyServer {
     };
     session.onClosed = () => {
       this.sessions.delete(session);
-      if (this.retired.has(rt) && rt.users === 0) void this.retire(rt);
+      if (this.retired.has(rt) && rt.users === 0) this.retireQuietly(rt);
     };
     return session;
   }
@@ -93,7 +93,11 @@ export class ProxyServer {
     this.runtime = next;
     this.smtp.trustedProxies = next.trustedProxies;
     this.retired.add(old);
-    if (old.users === 0) void this.retire(old);
+    if (old.users === 0) this.retireQuietly(old);
+  }
+
+  private retireQuietly(rt: Runtime): void {
+    this.retire(rt).catch((err: Error) => rt.log.error(`shutting down the old plugins failed: ${err.message}`));
   }
 
   private async retire(rt: Runtime): Promise<void> {

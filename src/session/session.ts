@@ -212,7 +212,7 @@ export class Session implements FrontendHandler {
     // RFC 3207: what the client said before TLS no longer counts.
     this.state.tls = true;
     this.state.client.helo = undefined;
-    void this.endTransaction('reset');
+    this.endTransaction('reset').catch((err: Error) => this.log.error(`reset after STARTTLS failed: ${err.message}`));
   }
 
   async helo(verb: 'HELO' | 'EHLO', host: string): Promise<Reply | undefined> {
@@ -445,7 +445,7 @@ export class Session implements FrontendHandler {
       this.logTransaction(txn, r, note);
       this.txn = undefined;
       this.txnDeferred = [];
-      void txn.dispose();
+      txn.dispose().catch((err: Error) => this.log.warn(`spool cleanup failed: ${err.message}`));
     }
     return r;
   }
