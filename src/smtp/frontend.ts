@@ -268,6 +268,8 @@ export class HookedConnection extends SMTPConnection {
     this.guard(
       this.handler.dataCommand().then((r) => {
         if (r) {
+          // A refused DATA ends the transaction (as in qpsmtpd): smtp-server must forget it too.
+          this._resetSession();
           this.writeReply(r);
           callback();
         } else super.handler_DATA(command, callback);

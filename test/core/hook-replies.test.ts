@@ -154,6 +154,20 @@ describe('verdict texts', () => {
     await t.quit();
   });
 
+  test('a refused DATA ends the transaction: a second DATA needs a new MAIL', async () => {
+    scripted.script.data = Decision.DENY;
+    const t = await SmtpTalk.connect(proxy.port);
+    await t.cmd('EHLO x.example');
+    assert.equal((await t.cmd('MAIL FROM:<a@example.net>')).code, 250);
+    assert.equal((await t.cmd('RCPT TO:<b@example.test>')).code, 250);
+    assert.equal((await t.cmd('DATA')).code, 554);
+    assert.equal((await t.cmd('DATA')).code, 503);
+    scripted.reset();
+    const r = await t.send('a@example.net', ['b@example.test'], 'Subject: again\r\n\r\nok\r\n');
+    assert.equal(r.eod?.code, 250);
+    await t.quit();
+  });
+
   test('QUIT is always answered 221 and closes', async () => {
     scripted.script.quit = Decision.DENY;
     const t = await SmtpTalk.connect(proxy.port);
