@@ -280,18 +280,10 @@ export class Session implements FrontendHandler {
     if (txn.sender.address && this.rt.immuneSenders(txn.sender.address)) txn.immunity.all = true;
     this.txn = txn;
     const { reply: refusal } = await this.decide('mail', txn.sender);
-    if (refusal) return this.abandon(txn, refusal);
+    // A MAIL that did not succeed leaves no transaction.
+    if (refusal) return this.finish(refusal, 'MAIL refused');
     const r = await this.relay.mail(this.state.client, arg.raw);
-    if (!isPositive(r)) return this.abandon(txn, r);
-    return r;
-  }
-
-  /** A MAIL that did not succeed: there is no transaction. */
-  private async abandon(txn: Transaction, r: Reply): Promise<Reply> {
-    this.logTransaction(txn, r, 'MAIL refused');
-    this.txn = undefined;
-    this.txnDeferred = [];
-    await txn.dispose();
+    if (!isPositive(r)) return this.finish(r, 'MAIL refused');
     return r;
   }
 
