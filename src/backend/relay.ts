@@ -156,6 +156,7 @@ export class DownstreamRelay {
   private detach(): SmtpClient | undefined {
     const c = this.client;
     this.client = undefined;
+    this.pooled = false;
     this.inTransaction = false;
     c?.removeListener('close', this.onLinkClose);
     return c;
@@ -164,53 +165,43 @@ export class DownstreamRelay {
   /** Opens the link if needed, describes the client (XFORWARD, every transaction), sends MAIL. */
   mail(client: ClientInfo, raw: string): Promise<Reply> {
     return this.within(Date.now() + this.replyDeadlineMs, async () => {
-      const r = await this.doMail(client, raw);
+      const first = await this.doMail(client, raw, true);
+      if (!first.stale) return first.reply;
       // A pooled link the downstream dropped while idle fails before MAIL is accepted;
-      // nothing was accepted on it, so once more on a fresh link is safe.
-      if (this.retryFresh && r.code >= 400) {
-        this.retryFresh = false;
-        this.log.debug('pooled downstream link was stale; retrying on a new one');
-        return this.doMail(client, raw, false);
-      }
-      return r;
+      // nothing was accepted on it, so once more on a new link (not the next pooled one) is safe.
+      this.log.debug('pooled downstream link was stale; retrying on a new one');
+      return (await this.doMail(client, raw, false)).reply;
     });
   }
 
-  /** Set when the last doMail failed on a pooled link before the downstream answered MAIL itself. */
-  private retryFresh = false;
-
-  private async doMail(client: ClientInfo, raw: string, mayRetry = true): Promise<Reply> {
-    this.retryFresh = false;
-    let answeredMail = false;
+  /** `stale`: it failed on a pooled link before the downstream itself answered MAIL. */
+  private async doMail(client: ClientInfo, raw: string, usePool: boolean): Promise<{ reply: Reply; stale: boolean }> {
     try {
-      // The retry after a stale pooled link takes a new one, not the next pooled.
-      const problem = await this.ensureConnected(client, mayRetry);
+      const problem = await this.ensureConnected(client, usePool);
       if (problem) {
         this.drop();
-        return problem;
+        return { reply: problem, stale: false };
       }
       const c = this.client!;
       // After XCLIENT the downstream already takes the real client for its own; XFORWARD would only repeat it.
       const describe = this.cfg.xforward && this.xclientFor === undefined && c.capabilities.has('XFORWARD');
       const { xforward, mail: r } = await c.xforwardAndMail(describe ? clientAttributes(client, 'XFORWARD') : undefined, raw);
       if (xforward && xforward.code !== 250) {
-        this.retryFresh = mayRetry && this.pooled && xforward.code === 421;
+        const stale = this.pooled && xforward.code === 421;
         // MAIL may have been accepted in the same round trip: the link is not reused.
         this.drop();
-        return reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later');
+        return { reply: reply(451, '4.3.0', 'Downstream server refused XFORWARD, try again later'), stale };
       }
-      answeredMail = r.code !== 421;
-      if (!answeredMail && mayRetry && this.pooled) {
-        this.retryFresh = true;
+      if (r.code === 421 && this.pooled) {
         this.drop();
-        return r;
+        return { reply: r, stale: true };
       }
       this.inTransaction = r.code === 250;
       this.lastReply = r;
-      return r;
+      return { reply: r, stale: false };
     } catch (err) {
-      this.retryFresh = mayRetry && this.pooled && !answeredMail && err instanceof SmtpClientError && err.kind !== 'timeout';
-      return this.failure(err, 'MAIL');
+      const stale = this.pooled && err instanceof SmtpClientError && err.kind !== 'timeout';
+      return { reply: this.failure(err, 'MAIL'), stale };
     }
   }
 
