@@ -7,6 +7,7 @@ import type { Logger } from './log';
 import { PluginChain } from './plugin/chain';
 import { loadPlugins } from './plugin/loader';
 import { CidrList } from './util/cidr';
+import { DnsResolver } from './dns/resolver';
 
 /**
  * Everything a session needs that comes from the configuration. Immutable:
@@ -26,6 +27,8 @@ export interface Runtime {
   pool: DownstreamPool;
   /** Where messages over the memory threshold are spooled. */
   spoolDir: string;
+  /** The DNS resolver shared by every plugin of this runtime. */
+  dns: DnsResolver;
   /** Sessions still using this runtime; the chain is shut down when a replaced runtime drains. */
   users: number;
 }
@@ -55,7 +58,21 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
       throw new ConfigError(loaded.file, [{ key: 'tls', line: loaded.lineOf(['tls']), message: (err as Error).message }]);
     }
   }
-  const plugins = await loadPlugins(loaded, log);
+  const dns = new DnsResolver({
+    servers: config.dns.servers,
+    timeout: config.dns.timeout * 1000,
+    tries: config.dns.tries,
+    cacheSize: config.dns.cache_size,
+    minTtl: config.dns.min_ttl,
+    maxTtl: config.dns.max_ttl,
+  });
+  let plugins;
+  try {
+    plugins = await loadPlugins(loaded, log, { dns });
+  } catch (err) {
+    dns.close();
+    throw err;
+  }
   return {
     loaded,
     config,
@@ -67,6 +84,7 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
     tls,
     pool: new DownstreamPool(config.downstream.pool.max_idle, config.downstream.pool.idle_timeout * 1000),
     spoolDir: config.spool.dir ? resolve(loaded.dir, config.spool.dir) : tmpdir(),
+    dns,
     users: 0,
   };
 }
@@ -75,6 +93,7 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
 export async function closeRuntime(rt: Runtime): Promise<void> {
   await rt.pool.close();
   await rt.chain.shutdown();
+  rt.dns.close();
 }
 
 export async function loadRuntime(file: string, overrides: Overrides, log: Logger): Promise<Runtime> {

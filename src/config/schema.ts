@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseCidr } from '../util/cidr';
+import { parseServer } from '../dns/resolver';
 
 /** `host:port`, `[v6]:port` or a bare port. Kept as a string in the file, parsed here once. */
 export const hostPort = (defaultHost: string, allowZero = false) =>
@@ -170,6 +171,34 @@ export const configSchema = z
       })
       .strict()
       .default({ connection: false, stage: 'mail' }),
+    /** The resolver every DNS-based plugin shares. */
+    dns: z
+      .object({
+        /** IP, IP:port or [IPv6]:port; empty: the nameservers of /etc/resolv.conf. */
+        servers: z
+          .array(z.string())
+          .default([])
+          .superRefine((list, ctx) => {
+            list.forEach((entry, i) => {
+              try {
+                parseServer(entry);
+              } catch (err) {
+                ctx.addIssue({ code: 'custom', path: [i], message: (err as Error).message });
+              }
+            });
+          }),
+        /** Seconds to wait for one server's reply. */
+        timeout: z.number().positive().max(30).default(3),
+        /** Rounds over the server list. */
+        tries: z.number().int().min(1).max(5).default(2),
+        /** Answers kept in the cache (0: no cache). */
+        cache_size: z.number().int().min(0).default(10000),
+        /** Bounds on how long answers are cached, in seconds. */
+        min_ttl: z.number().int().min(0).default(0),
+        max_ttl: z.number().int().min(0).default(86400),
+      })
+      .strict()
+      .default({ servers: [], timeout: 3, tries: 2, cache_size: 10000, min_ttl: 0, max_ttl: 86400 }),
     /** Default seconds a plugin hook may take. */
     plugin_timeout: z.number().positive().max(300).default(30),
     /**

@@ -2,6 +2,7 @@ import type { z } from 'zod';
 import type { HookResult, Verdict } from './decision';
 import type { Address, ConnectionState, TransactionState } from '../session/state';
 import type { Message, MessageHeaders } from '../message/types';
+import type { DnsResolver } from '../dns/resolver';
 
 /** Hooks in the order an SMTP session meets them; the meta-hooks deny and ok come last. */
 export const HOOK_NAMES = [
@@ -108,6 +109,8 @@ export interface PluginEnv {
   configDir: string;
   mode: 'postfix' | 'standalone';
   log: PluginLogger;
+  /** The shared resolver (config `dns:`); use it for every lookup so answers are cached once. */
+  dns: DnsResolver;
 }
 
 export interface PluginDefinition<S extends z.ZodType = z.ZodType> {

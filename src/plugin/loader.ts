@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError, zodProblems, type LoadedConfig, type PluginEntry } from '../config/load';
 import type { Logger } from '../log';
-import { HOOK_NAMES, type CommonOptions, type HookName, type PluginDefinition, type PluginHooks } from './api';
+import { HOOK_NAMES, type CommonOptions, type HookName, type PluginDefinition, type PluginEnv, type PluginHooks } from './api';
 
 /** A configured, created plugin: what the chain runs. */
 export interface PluginInstance {
@@ -63,7 +63,10 @@ function isDefinition(x: unknown): x is PluginDefinition {
   return !!x && typeof x === 'object' && typeof (x as PluginDefinition).create === 'function';
 }
 
-export async function loadPlugins(loaded: LoadedConfig, logger: Logger): Promise<PluginInstance[]> {
+/** What the runtime shares with every plugin it loads. */
+export type SharedServices = Pick<PluginEnv, 'dns'>;
+
+export async function loadPlugins(loaded: LoadedConfig, logger: Logger, shared: SharedServices): Promise<PluginInstance[]> {
   const dirs = pluginSearchPath(loaded);
   const problems: ConfigError['problems'] = [];
   const prepared: { entry: PluginEntry; def: PluginDefinition; file: string; common: CommonOptions; options: unknown }[] = [];
@@ -119,7 +122,7 @@ export async function loadPlugins(loaded: LoadedConfig, logger: Logger): Promise
       const log = logger.child({ plugin: entry.id }, common.loglevel);
       let hooks: PluginHooks;
       try {
-        hooks = await def.create(options as never, { name: entry.id, configDir: loaded.dir, mode: loaded.config.mode, log });
+        hooks = await def.create(options as never, { name: entry.id, configDir: loaded.dir, mode: loaded.config.mode, log, ...shared });
       } catch (err) {
         throw new ConfigError(loaded.file, [
           { key: entry.key, line: loaded.lineOf(entryPath(entry)), message: `plugin failed to start: ${(err as Error).message}` },

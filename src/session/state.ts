@@ -44,6 +44,21 @@ export interface Address {
   params: Record<string, string | true>;
   /** The command argument as received (`<a@b> SIZE=1`), relayed unchanged downstream. */
   raw: string;
+  /**
+   * Per-recipient options other plugins read, set at RCPT (the aliases plugin:
+   * `denysoft_greylist`, `spamassassin_reject_threshold=10`). Keys lower case;
+   * a bare flag is `true`.
+   */
+  options?: Record<string, string | true>;
+}
+
+/** A client that authenticated with SMTP AUTH. */
+export interface AuthInfo {
+  user: string;
+  /** PLAIN, LOGIN, CRAM-MD5 */
+  method: string;
+  /** Plugin that accepted the credentials. */
+  plugin: string;
 }
 
 export interface ConnectionState {
@@ -55,8 +70,10 @@ export interface ConnectionState {
   readonly peer: Endpoint;
   readonly local: Endpoint;
   readonly tls: boolean;
-  /** Clients allowed to relay (config relay_clients, later SMTP AUTH): immune to immune-able checks. */
+  /** Clients allowed to relay (config relay_clients, or authenticated): immune to immune-able checks. */
   relayClient: boolean;
+  /** Set once the client authenticated (SMTP AUTH); such a client is also a relay client. */
+  auth?: AuthInfo;
   immunity: Immunity;
   notes: Notes;
   results: Results;

@@ -4,6 +4,7 @@
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { DnsResolver } from '../../src/dns/resolver';
 import { join } from 'node:path';
 import type { HookArgs, HookContext, HookName, PluginDefinition, PluginEnv, PluginHooks, PluginLogger } from '../../src/plugin/api';
 import { toVerdict, type Verdict } from '../../src/plugin/decision';
@@ -112,7 +113,15 @@ export function makeContext(opts: FakeContextOptions = {}): FakeContext {
 }
 
 export function makeEnv(overrides: Partial<PluginEnv> = {}): PluginEnv {
-  return { name: 'test', configDir: tmpdir(), mode: 'standalone', log: memoryLogger(), ...overrides };
+  // No DNS server is reachable by default: a plugin test that needs DNS passes its own resolver (test/helpers/dns-server.ts).
+  return {
+    name: 'test',
+    configDir: tmpdir(),
+    mode: 'standalone',
+    log: memoryLogger(),
+    dns: overrides.dns ?? new DnsResolver({ servers: ['127.0.0.1:9'], timeout: 100, tries: 1 }),
+    ...overrides,
+  };
 }
 
 /** Validates options with the plugin's schema (as the loader does) and creates an instance. */
