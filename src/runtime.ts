@@ -8,6 +8,9 @@ import { PluginChain } from './plugin/chain';
 import { loadPlugins } from './plugin/loader';
 import { CidrList } from './util/cidr';
 import { DnsResolver } from './dns/resolver';
+import { StoreService } from './store';
+import { createSecureContext } from 'node:tls';
+import { BruteForceTracker } from './auth/brute-force';
 
 /**
  * Everything a session needs that comes from the configuration. Immutable:
@@ -29,6 +32,10 @@ export interface Runtime {
   spoolDir: string;
   /** The DNS resolver shared by every plugin of this runtime. */
   dns: DnsResolver;
+  /** The persistent store (config `store:`), opened when a plugin first uses it. */
+  store: StoreService;
+  /** Failed AUTH attempts per client address; handed on to the next runtime on reload. */
+  bruteForce: BruteForceTracker;
   /** Sessions still using this runtime; the chain is shut down when a replaced runtime drains. */
   users: number;
 }
@@ -48,12 +55,16 @@ export function senderMatcher(entries: readonly string[]): (address: string) => 
   };
 }
 
+const AUTH_HOOKS = ['auth', 'auth_plain', 'auth_login', 'auth_cram_md5'] as const;
+
 export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<Runtime> {
   const { config } = loaded;
   let tls: Runtime['tls'];
   if (config.tls) {
     try {
       tls = { key: readFileSync(resolve(loaded.dir, config.tls.key)), cert: readFileSync(resolve(loaded.dir, config.tls.cert)) };
+      // A key that does not match the certificate must fail here (a reload then keeps the running pair), not at a client's STARTTLS.
+      createSecureContext(tls);
     } catch (err) {
       throw new ConfigError(loaded.file, [{ key: 'tls', line: loaded.lineOf(['tls']), message: (err as Error).message }]);
     }
@@ -66,25 +77,40 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
     minTtl: config.dns.min_ttl,
     maxTtl: config.dns.max_ttl,
   });
+  const spoolDir = config.spool.dir ? resolve(loaded.dir, config.spool.dir) : tmpdir();
+  const store = new StoreService(config.store, { configDir: loaded.dir, spoolDir, log });
   let plugins;
   try {
-    plugins = await loadPlugins(loaded, log, { dns });
+    plugins = await loadPlugins(loaded, log, { dns, store: (namespace) => store.namespace(namespace) });
   } catch (err) {
     dns.close();
+    await store.close();
     throw err;
+  }
+  const chain = new PluginChain(plugins);
+  if (AUTH_HOOKS.some((h) => chain.has(h)) && config.mode === 'standalone' && !tls && config.auth.allow_insecure === 'never') {
+    log.warn('auth plugins are configured but AUTH is never offered: no tls certificate, and auth.allow_insecure is never');
   }
   return {
     loaded,
     config,
-    chain: new PluginChain(plugins),
+    chain,
     log,
     trustedProxies: new CidrList(config.trusted_proxies),
     relayClients: new CidrList(config.relay_clients),
     immuneSenders: senderMatcher(config.immune_senders),
     tls,
     pool: new DownstreamPool(config.downstream.pool.max_idle, config.downstream.pool.idle_timeout * 1000),
-    spoolDir: config.spool.dir ? resolve(loaded.dir, config.spool.dir) : tmpdir(),
+    spoolDir,
     dns,
+    store,
+    bruteForce: new BruteForceTracker({
+      maxFailures: config.auth.brute_force.max_failures,
+      windowMs: config.auth.brute_force.window * 1000,
+      delayMs: config.auth.brute_force.delay * 1000,
+      maxDelayMs: config.auth.brute_force.max_delay * 1000,
+      exempt: new CidrList(config.auth.brute_force.exempt),
+    }),
     users: 0,
   };
 }
@@ -93,6 +119,8 @@ export async function buildRuntime(loaded: LoadedConfig, log: Logger): Promise<R
 export async function closeRuntime(rt: Runtime): Promise<void> {
   await rt.pool.close();
   await rt.chain.shutdown();
+  // After the plugins: their last writes (disconnect hooks) are done by now.
+  await rt.store.close();
   rt.dns.close();
 }
 

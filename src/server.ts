@@ -49,6 +49,7 @@ export class ProxyServer {
       local: { addr: conn.localAddress, port: conn.localPort },
       secure: !!conn.secure,
       connectionsFromPeer: () => this.perAddress.get(addr) ?? 0,
+      input: conn,
     });
     this.sessions.add(session);
     const rt = this.runtime;

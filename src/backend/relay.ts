@@ -205,8 +205,14 @@ export class DownstreamRelay {
     }
   }
 
-  rcpt(raw: string): Promise<Reply> {
-    return this.within(Date.now() + this.replyDeadlineMs, () => this.doRcpt(raw));
+  /** `deadlineAt`: when one client RCPT becomes several downstream ones, they share its deadline. */
+  rcpt(raw: string, deadlineAt = Date.now() + this.replyDeadlineMs): Promise<Reply> {
+    return this.within(deadlineAt, () => this.doRcpt(raw));
+  }
+
+  /** Whether the downstream advertised this EHLO keyword (DSN, SMTPUTF8...) on the current link. */
+  offers(keyword: string): boolean {
+    return !!this.client?.capabilities.has(keyword.toUpperCase());
   }
 
   private async doRcpt(raw: string): Promise<Reply> {
@@ -290,7 +296,7 @@ export class DownstreamRelay {
 }
 
 function clientKey(c: ClientInfo): string {
-  return `${c.addr} ${c.port} ${c.name ?? ''} ${c.helo ?? ''}`;
+  return `${c.addr} ${c.port} ${c.name ?? ''} ${c.helo ?? ''} ${c.login ?? ''}`;
 }
 
 /** XFORWARD/XCLIENT attributes for the real client; values are xtext-encoded by the client module. */
@@ -302,6 +308,7 @@ export function clientAttributes(client: ClientInfo, verb: 'XFORWARD' | 'XCLIENT
     PROTO: client.proto ?? (client.helo ? 'ESMTP' : undefined),
     HELO: client.helo,
   };
+  if (verb === 'XCLIENT') attrs.LOGIN = client.login;
   if (verb === 'XFORWARD') {
     attrs.IDENT = client.ident;
     attrs.SOURCE = client.source ?? (isLoopback(client.addr) ? 'LOCAL' : 'REMOTE');

@@ -96,6 +96,73 @@ export const downstreamSchema = z
   })
   .strict();
 
+const redisStoreSchema = z
+  .object({
+    /** redis://[user:password@]host[:port][/db] or rediss:// for TLS; replaces host, port and db. */
+    url: z
+      .string()
+      .regex(/^rediss?:\/\//, 'expected redis://... or rediss://...')
+      .optional(),
+    host: z.string().min(1).default('127.0.0.1'),
+    port: z.number().int().min(1).max(65535).default(6379),
+    db: z.number().int().min(0).default(0),
+    username: z.string().min(1).optional(),
+    password: z.string().min(1).optional(),
+    /** Prepended to every key, so other applications can share the database. */
+    prefix: z.string().default('prequeue:'),
+    /** Seconds to establish the connection. */
+    connect_timeout: z.number().positive().max(30).default(2),
+    /** Seconds a command may take; past it the operation fails and the plugin's failure policy applies. */
+    command_timeout: z.number().positive().max(30).default(1),
+  })
+  .strict();
+
+export const storeSchema = z
+  .object({
+    backend: z.enum(['sqlite', 'redis']).default('sqlite'),
+    /**
+     * SQLite file, relative to the config dir. Default: $STATE_DIRECTORY/prequeue.db
+     * (systemd StateDirectory=), else /var/lib/prequeue/prequeue.db if that directory
+     * is writable, else a private directory under the spool (temp) directory.
+     */
+    path: z.string().min(1).optional(),
+    /** Seconds a SQLite write waits for another process's lock. */
+    busy_timeout: z.number().positive().max(30).default(2),
+    redis: redisStoreSchema.default(redisStoreSchema.parse({})),
+  })
+  .strict();
+
+export const authSchema = z
+  .object({
+    /** AUTH only after STARTTLS (never), or also in the clear from loopback clients, or from anyone (tests only). */
+    allow_insecure: z.enum(['never', 'loopback', 'always']).default('never'),
+    /** Mechanisms offered, in this order, among those the auth plugins support. */
+    mechanisms: z.array(z.enum(['PLAIN', 'LOGIN', 'CRAM-MD5'])).min(1).default(['PLAIN', 'LOGIN', 'CRAM-MD5']),
+    /** MAIL needs AUTH first (530 5.7.0), except from relay_clients: for a submission port. */
+    required: z.boolean().default(false),
+    brute_force: z
+      .object({
+        /** Failed AUTH attempts per client address (IPv6: per /64) within `window` after which it is cut off; 0: never. */
+        max_failures: z.number().int().min(0).default(5),
+        /** Seconds a failure counts. */
+        window: z.number().positive().max(86400).default(900),
+        /** Seconds before answering a failure, doubled for each further failure up to max_delay. */
+        delay: z.number().min(0).max(60).default(1),
+        max_delay: z.number().min(0).max(60).default(16),
+        /** Clients never blocked or delayed (a webmail front end on localhost). */
+        exempt: cidrList.default([]),
+      })
+      .strict()
+      .default({ max_failures: 5, window: 900, delay: 1, max_delay: 16, exempt: [] }),
+    /** Standalone with downstream.xclient: also tell the downstream the login (XCLIENT LOGIN=user). */
+    xclient_login: z.boolean().default(true),
+    /** In our Received header: "(Authenticated sender: user)" and ESMTPSA/ESMTPA (Postfix's smtpd_sasl_authenticated_header). */
+    received_header: z.boolean().default(true),
+    /** Add "Authentication-Results: <hostname>; auth=pass smtp.auth=user" to authenticated mail. */
+    authentication_results: z.boolean().default(false),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     /** postfix: behind smtpd_proxy_filter (client from XFORWARD); standalone: prequeue faces the clients itself. */
@@ -113,11 +180,13 @@ export const configSchema = z
     relay_clients: cidrList.default([]),
     /** Envelope senders immune to immune-able checks: `user@domain`, `@domain`. */
     immune_senders: z.array(z.string().min(1)).default([]),
-    /** Inbound STARTTLS; offered only when both are set. */
+    /** Inbound STARTTLS; offered only when both are set. Both files are read again on SIGHUP (certificate renewal). */
     tls: z
       .object({ key: z.string(), cert: z.string() })
       .strict()
       .optional(),
+    /** SMTP AUTH (standalone mode), offered when an auth plugin is configured. */
+    auth: authSchema.default(authSchema.parse({})),
     limits: z
       .object({
         message_size: z.number().int().positive().default(26214400),
@@ -199,6 +268,8 @@ export const configSchema = z
       })
       .strict()
       .default({ servers: [], timeout: 3, tries: 2, cache_size: 10000, min_ttl: 0, max_ttl: 86400 }),
+    /** The persistent key-value store plugins share (greylisting, karma, bayes); opened at first use. */
+    store: storeSchema.default(storeSchema.parse({})),
     /** Default seconds a plugin hook may take. */
     plugin_timeout: z.number().positive().max(300).default(30),
     /**

@@ -303,14 +303,24 @@ function encodeValue(value: string): Buffer {
   return Buffer.from(value, 'latin1');
 }
 
-/** Builds a new field `Name: value\r\n`. Values are never folded; CR and LF are refused. */
+/**
+ * Line breaks allowed inside a new value: folds, CRLF then SP/HT then some
+ * text, so the field cannot end early and no whitespace-only line (an end of
+ * the header block to some MTAs) can appear.
+ */
+const FOLD = /\r\n(?=[ \t]+[^ \t\r\n])/g;
+
+/**
+ * Builds a new field `Name: value\r\n`. The value is written as given: folded
+ * only where it has folds (see FOLD); other CR and LF are refused.
+ */
 export function newField(name: string, value: string): HeaderField {
   checkName(name);
-  if (/[\r\n]/.test(value)) {
-    throw new TypeError(`header field value for ${name} contains CR or LF; fold nothing, add a field per value`);
+  if (/[\r\n]/.test(value.replace(FOLD, ''))) {
+    throw new TypeError(`header field value for ${name} contains CR or LF other than folding (CRLF, whitespace, text); add a field per value`);
   }
   const raw = Buffer.concat([Buffer.from(name + ': ', 'latin1'), encodeValue(value), CRLF]);
-  return Object.freeze({ name, value: trimWsp(value), raw });
+  return Object.freeze({ name, value: trimWsp(value.replace(/\r\n/g, '')), raw });
 }
 
 /**
@@ -381,10 +391,10 @@ export class HeaderBlock implements MessageHeaders {
     this.changed();
   }
 
-  remove(name: string): number {
+  remove(name: string, match?: (field: HeaderField) => boolean): number {
     const key = name.toLowerCase();
     const before = this.list.length;
-    this.list = this.list.filter((f) => f.name.toLowerCase() !== key);
+    this.list = this.list.filter((f) => f.name.toLowerCase() !== key || (match !== undefined && !match(f)));
     const removed = before - this.list.length;
     if (removed) this.changed();
     return removed;

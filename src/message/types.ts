@@ -17,12 +17,16 @@ export interface MessageHeaders {
   get(name: string): string | undefined;
   getAll(name: string): string[];
   count(name: string): number;
-  /** Insert a field at the top of the header block (where trace headers go). */
+  /**
+   * Insert a field at the top of the header block (where trace headers go).
+   * The value may be folded (CRLF followed by SP or HT and more text, as
+   * signature headers must be kept); any other CR or LF is refused.
+   */
   prepend(name: string, value: string): void;
-  /** Insert a field at the end of the header block. */
+  /** Insert a field at the end of the header block (folding as for prepend). */
   append(name: string, value: string): void;
-  /** Remove every field of that name; returns how many were removed. */
-  remove(name: string): number;
+  /** Remove every field of that name (only those `match` accepts, if given); returns how many were removed. */
+  remove(name: string, match?: (field: HeaderField) => boolean): number;
   /** The header block as it will be relayed, including the empty line that ends it (if the message had one). */
   toBuffer(): Buffer;
 }

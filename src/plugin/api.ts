@@ -3,12 +3,17 @@ import type { HookResult, Verdict } from './decision';
 import type { Address, ConnectionState, TransactionState } from '../session/state';
 import type { Message, MessageHeaders } from '../message/types';
 import type { DnsResolver } from '../dns/resolver';
+import type { KvStore } from '../store/types';
 
 /** Hooks in the order an SMTP session meets them; the meta-hooks deny and ok come last. */
 export const HOOK_NAMES = [
   'connect',
   'helo',
   'ehlo',
+  'auth',
+  'auth_plain',
+  'auth_login',
+  'auth_cram_md5',
   'mail',
   'rcpt',
   'data',
@@ -34,11 +39,37 @@ export interface MetaInfo {
   verdict: Verdict;
 }
 
+export type AuthMechanism = 'PLAIN' | 'LOGIN' | 'CRAM-MD5';
+
+/**
+ * What an auth hook checks (qpsmtpd's $mechanism, $user, $passClear, $passHash,
+ * $ticket). OK authenticates, DECLINED leaves it to the next plugin, DENY fails
+ * at once, DENYSOFT is a temporary failure (454). The specific hook
+ * (auth_plain, auth_login, auth_cram_md5) runs first, then the generic `auth`;
+ * a plugin with the generic hook must handle every mechanism (or decline).
+ */
+export interface AuthRequest {
+  mechanism: AuthMechanism;
+  /** The authentication identity (PLAIN authcid, LOGIN user name, CRAM-MD5 user). */
+  user: string;
+  /** PLAIN and LOGIN: the cleartext password. */
+  password?: string;
+  /** PLAIN: the authorization identity, when the client gave one (the core only accepts it equal to `user`). */
+  authzid?: string;
+  /** CRAM-MD5: the challenge sent, and the client's answer (lower-case hex); see src/auth/cram-md5.ts to check it. */
+  challenge?: string;
+  response?: string;
+}
+
 /** Hook-specific arguments, after the context. */
 export interface HookArgs {
   connect: [];
   helo: [host: string];
   ehlo: [host: string];
+  auth: [request: AuthRequest];
+  auth_plain: [request: AuthRequest];
+  auth_login: [request: AuthRequest];
+  auth_cram_md5: [request: AuthRequest];
   mail: [sender: Address];
   rcpt: [recipient: Address];
   data: [];
@@ -108,9 +139,18 @@ export interface PluginEnv {
   /** Directory of the config file, to resolve relative paths in options. */
   configDir: string;
   mode: 'postfix' | 'standalone';
+  /** The config's `hostname` (our name in greetings and trace headers); absent in unit tests. */
+  hostname?: string;
   log: PluginLogger;
   /** The shared resolver (config `dns:`); use it for every lookup so answers are cached once. */
   dns: DnsResolver;
+  /**
+   * The persistent store (config `store:`), keys prefixed with `namespace|`
+   * (default: this instance's name). Nothing is opened until the first
+   * operation, so calling it in create() costs nothing. Operations reject with
+   * a StoreError when the store fails; never read that as "no entry".
+   */
+  store(namespace?: string): KvStore;
 }
 
 export interface PluginDefinition<S extends z.ZodType = z.ZodType> {

@@ -1,5 +1,5 @@
 import type { Logger } from '../log';
-import type { ConnectionState, TransactionState } from '../session/state';
+import type { Address, ConnectionState, Immunity, TransactionState } from '../session/state';
 import type { ResultInput } from '../session/results';
 import { HOOK_NAMES, type HookArgs, type HookContext, type HookFn, type HookName, type MetaInfo, type RejectType } from './api';
 import { Decision, isDeny, toVerdict, type Verdict } from './decision';
@@ -9,6 +9,8 @@ import { hooksOf, type PluginInstance } from './loader';
 export interface HookOutcome {
   verdict: Verdict;
   plugin?: string;
+  /** The verdict is a rejection held back from earlier, delivered now (see RunScope.heldBack). */
+  held?: DeferredVerdict;
 }
 
 /** A rejection held back (plugin option `reject: defer`, or a connection verdict behind Postfix). */
@@ -27,6 +29,13 @@ export interface RunScope {
   log: Logger;
   /** Holds a rejection for later delivery (the session decides where). */
   defer(d: DeferredVerdict): void;
+  /**
+   * A rejection held back earlier that is due at this hook, if any. It is asked
+   * once the plugins placed before the first immune-able one have run (and
+   * before any verdict is taken), so the immunity those grant at this very
+   * command (the whitelist's senders and recipients) counts.
+   */
+  heldBack?(): DeferredVerdict | undefined;
 }
 
 /** Hooks whose return value means nothing: every plugin runs, errors are only logged. */
@@ -53,14 +62,17 @@ export function applyRejectType(v: Verdict, type: RejectType | undefined): Verdi
   return { decision: REJECT_TYPE[type], message: v.message };
 }
 
-export function isImmune(conn: ConnectionState, txn: TransactionState | undefined, plugin: string): boolean {
-  return (
-    conn.relayClient ||
-    conn.immunity.all ||
-    conn.immunity.plugins.has(plugin) ||
-    !!txn?.immunity.all ||
-    !!txn?.immunity.plugins.has(plugin)
-  );
+/** Immunity for `dnsbl` covers every instance (`dnsbl:spamhaus`); for `dnsbl:spamhaus` only that one. */
+function covers(immunity: Immunity | undefined, plugin: string): boolean {
+  if (!immunity) return false;
+  if (immunity.all || immunity.plugins.has(plugin)) return true;
+  const colon = plugin.indexOf(':');
+  return colon > 0 && immunity.plugins.has(plugin.slice(0, colon));
+}
+
+/** `rcpt`: the recipient of the RCPT being decided, whose own immunity applies to that RCPT only. */
+export function isImmune(conn: ConnectionState, txn: TransactionState | undefined, plugin: string, rcpt?: Address): boolean {
+  return conn.relayClient || covers(conn.immunity, plugin) || covers(txn?.immunity, plugin) || covers(rcpt?.immunity, plugin);
 }
 
 class TimeoutError extends Error {}
@@ -144,10 +156,21 @@ export class PluginChain {
       await this.notify(hook, scope, ...args);
       return { verdict: { decision: Decision.DECLINED } };
     }
+    const rcpt = hook === 'rcpt' ? (args[0] as Address) : undefined;
+    let askHeld = scope.heldBack;
+    const held = (): HookOutcome | undefined => {
+      const d = askHeld?.();
+      askHeld = undefined;
+      return d && { verdict: d.verdict, plugin: d.plugin, held: d };
+    };
     for (const p of this.byHook.get(hook)!) {
-      if (p.common.immune && isImmune(scope.conn, scope.txn, p.id)) {
-        (scope.txn ?? scope.conn).results.add(p.id, { skip: `${hook}: immune` });
-        continue;
+      if (p.common.immune) {
+        const h = held();
+        if (h) return h;
+        if (isImmune(scope.conn, scope.txn, p.id, rcpt)) {
+          (scope.txn ?? scope.conn).results.add(p.id, { skip: `${hook}: immune` });
+          continue;
+        }
       }
       const result = await this.call(p, hook, scope, args);
       let verdict: Verdict;
@@ -170,11 +193,13 @@ export class PluginChain {
           continue;
         }
       }
+      const h = held();
+      if (h) return h;
       scope.log.debug(`${hook}: ${p.id} returned ${verdict.decision}`, { message: verdict.message });
       await this.meta(hook, p.id, verdict, scope);
       return { verdict, plugin: p.id };
     }
-    return { verdict: { decision: Decision.DECLINED } };
+    return held() ?? { verdict: { decision: Decision.DECLINED } };
   }
 
   /** The deny/ok meta-hooks: told about a decision, cannot change it. */

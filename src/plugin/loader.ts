@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError, zodProblems, type LoadedConfig, type PluginEntry } from '../config/load';
 import type { Logger } from '../log';
+import type { KvStore } from '../store/types';
 import { HOOK_NAMES, type CommonOptions, type HookName, type PluginDefinition, type PluginEnv, type PluginHooks } from './api';
 
 /** A configured, created plugin: what the chain runs. */
@@ -64,7 +65,10 @@ function isDefinition(x: unknown): x is PluginDefinition {
 }
 
 /** What the runtime shares with every plugin it loads. */
-export type SharedServices = Pick<PluginEnv, 'dns'>;
+export interface SharedServices extends Pick<PluginEnv, 'dns'> {
+  /** The runtime's store, namespaced; each plugin's env.store() defaults the namespace to its instance name. */
+  store(namespace: string): KvStore;
+}
 
 export async function loadPlugins(loaded: LoadedConfig, logger: Logger, shared: SharedServices): Promise<PluginInstance[]> {
   const dirs = pluginSearchPath(loaded);
@@ -122,7 +126,15 @@ export async function loadPlugins(loaded: LoadedConfig, logger: Logger, shared: 
       const log = logger.child({ plugin: entry.id }, common.loglevel);
       let hooks: PluginHooks;
       try {
-        hooks = await def.create(options as never, { name: entry.id, configDir: loaded.dir, mode: loaded.config.mode, log, ...shared });
+        hooks = await def.create(options as never, {
+          name: entry.id,
+          configDir: loaded.dir,
+          mode: loaded.config.mode,
+          hostname: loaded.config.hostname,
+          log,
+          ...shared,
+          store: (namespace = entry.id) => shared.store(namespace),
+        });
       } catch (err) {
         throw new ConfigError(loaded.file, [
           { key: entry.key, line: loaded.lineOf(entryPath(entry)), message: `plugin failed to start: ${(err as Error).message}` },

@@ -3,7 +3,8 @@ import { DownstreamRelay } from '../backend/relay';
 import { Spool, type SpoolViolation } from '../message/spool';
 import type { MessageHeaders } from '../message/types';
 import type { Logger } from '../log';
-import type { HookArgs, HookName } from '../plugin/api';
+import type { AuthRequest, HookArgs, HookName } from '../plugin/api';
+import { SessionAuth, type AuthOffer } from '../auth/session-auth';
 import { isImmune, type DeferredVerdict, type HookOutcome, type RunScope } from '../plugin/chain';
 import { Decision, isDeny, type Verdict } from '../plugin/decision';
 import type { Runtime } from '../runtime';
@@ -12,8 +13,8 @@ import { DEFAULTS, respond, type RespondingHook } from '../smtp/responders';
 import { isPositive, reply, replyText, type Reply } from '../smtp/reply';
 import { rfc5322Date } from '../util/date';
 import { Results } from './results';
-import type { ClientInfo, ConnectionState, Endpoint, Immunity } from './state';
-import { Transaction, newConnectionId, toAddress } from './transaction';
+import type { Address, AuthInfo, ClientInfo, ClientInput, ConnectionState, Endpoint, Immunity } from './state';
+import { Transaction, forwardedRcptArgument, newConnectionId, toAddress } from './transaction';
 
 /** Where a hook sits in the dialogue; a deferred rejection is delivered at a later stage. */
 const STAGE: Partial<Record<HookName, number>> = {
@@ -59,6 +60,8 @@ class SessionState implements ConnectionState {
   notes: Record<string, unknown> = {};
   results = new Results();
   transactions = 0;
+  input?: ClientInput;
+  auth?: AuthInfo;
   constructor(
     readonly id: string,
     readonly mode: 'postfix' | 'standalone',
@@ -76,6 +79,8 @@ export interface SessionOptions {
   secure: boolean;
   /** Connections now open from the TCP peer's address, this one included. */
   connectionsFromPeer: () => number;
+  /** The front end's view of the peer's input timing (earlytalker). */
+  input?: ClientInput;
 }
 
 /**
@@ -97,6 +102,7 @@ export class Session implements FrontendHandler {
   private connectHooksDone = false;
   private closedAlready = false;
   private readonly opts: SessionOptions;
+  private readonly auth: SessionAuth;
 
   constructor(opts: SessionOptions) {
     this.opts = opts;
@@ -105,10 +111,19 @@ export class Session implements FrontendHandler {
     const id = newConnectionId();
     const cfg = this.rt.config;
     this.state = new SessionState(id, cfg.mode, { addr: opts.peer.addr, port: opts.peer.port, via: 'tcp' }, opts.peer, opts.local, opts.secure);
+    this.state.input = opts.input;
     this.log = this.rt.log.child({ conn: id });
     this.trustedPeer = this.rt.trustedProxies.contains(opts.peer.addr);
     if (this.log.enabled('debug')) this.dialogue = (dir, line) => this.log.debug(`${dir}: ${line}`);
     this.relay = new DownstreamRelay(cfg.downstream, cfg.downstream.ehlo_name ?? cfg.hostname, cfg.mode, this.log, cfg.reply_deadline * 1000, this.rt.pool);
+    this.auth = new SessionAuth({
+      runtime: this.rt,
+      state: this.state,
+      log: this.log,
+      run: (hook, request) => this.run(hook, request),
+      inTransaction: () => !!this.txn,
+      changed: () => this.updateRelayClient(),
+    });
     this.updateRelayClient();
   }
 
@@ -127,7 +142,10 @@ export class Session implements FrontendHandler {
   }
 
   private updateRelayClient(): void {
-    this.state.relayClient = this.rt.relayClients.contains(this.state.client.addr);
+    const auth = this.state.auth;
+    this.state.relayClient = !!auth || this.rt.relayClients.contains(this.state.client.addr);
+    // The downstream hears the login through XCLIENT (when it is a Postfix that takes it).
+    this.state.client.login = auth && this.rt.config.auth.xclient_login ? auth.user : undefined;
   }
 
   private scope(): RunScope {
@@ -150,19 +168,22 @@ export class Session implements FrontendHandler {
     return this.rt.chain.notify(hook, this.scope(), ...args);
   }
 
-  private pluginImmune(pluginId: string): boolean {
+  private pluginImmune(pluginId: string, rcpt: Address | undefined): boolean {
     const p = this.rt.chain.plugins.find((x) => x.id === pluginId);
-    return !!p?.common.immune && isImmune(this.state, this.txn, pluginId);
+    return !!p?.common.immune && isImmune(this.state, this.txn, pluginId, rcpt);
   }
 
-  /** A held-back rejection due at this stage, if any (immunity is judged now, not when it was held). */
-  private due(hook: RespondingHook): DeferredVerdict | undefined {
+  /**
+   * A held-back rejection due at this stage, if any (immunity is judged now, not
+   * when it was held; at RCPT the recipient's own immunity counts too).
+   */
+  private due(hook: RespondingHook, rcpt?: Address): DeferredVerdict | undefined {
     const stage = STAGE[hook] ?? 0;
     if (stage >= STAGE[this.rt.config.deferred_rejection.stage]!) {
-      const d = this.connDeferred.find((v) => !this.pluginImmune(v.plugin));
+      const d = this.connDeferred.find((v) => !this.pluginImmune(v.plugin, rcpt));
       if (d) return d;
     }
-    return this.txnDeferred.find((v) => stage > (STAGE[v.hook] ?? 0) && !this.pluginImmune(v.plugin));
+    return this.txnDeferred.find((v) => stage > (STAGE[v.hook] ?? 0) && !this.pluginImmune(v.plugin, rcpt));
   }
 
   /** The reply for a verdict, or undefined when the command may go ahead. */
@@ -173,16 +194,21 @@ export class Session implements FrontendHandler {
     return respond(hook, verdict);
   }
 
-  /** Runs a deciding hook with deferred rejections due first; undefined means go ahead. */
+  /**
+   * Runs a deciding hook; a held-back rejection due here comes before any plugin's
+   * verdict (the chain asks for it once the plugins placed ahead of the first
+   * immune-able one, such as the whitelist, have run). Undefined means go ahead.
+   */
   private async decide<H extends RespondingHook & HookName>(hook: H, ...args: HookArgs[H]): Promise<{ reply?: Reply; outcome?: HookOutcome }> {
-    const pending = this.due(hook);
+    const rcpt = hook === 'rcpt' ? (args[0] as Address) : undefined;
+    const outcome = await this.rt.chain.run(hook, { ...this.scope(), heldBack: () => this.due(hook, rcpt) }, ...args);
+    const pending = outcome.held;
     if (pending) {
       this.log.info(`delivering ${pending.plugin}'s deferred rejection (from ${pending.hook}) at ${hook}`);
       // The deny meta-hook hears of it now, when the client does (count_denies counts what clients see).
       if (!pending.announced) await this.rt.chain.meta(hook, pending.plugin, pending.verdict, this.scope());
       return { reply: respond(hook, pending.verdict) };
     }
-    const outcome = await this.run(hook, ...args);
     return { reply: this.verdictReply(hook, outcome.verdict), outcome };
   }
 
@@ -209,9 +235,11 @@ export class Session implements FrontendHandler {
   }
 
   secured(): void {
-    // RFC 3207: what the client said before TLS no longer counts.
+    // RFC 3207: what the client said before TLS no longer counts, an AUTH in the clear included.
     this.state.tls = true;
     this.state.client.helo = undefined;
+    this.state.auth = undefined;
+    this.updateRelayClient();
     this.endTransaction('reset').catch((err: Error) => this.log.error(`reset after STARTTLS failed: ${err.message}`));
   }
 
@@ -251,6 +279,8 @@ export class Session implements FrontendHandler {
       source: verb === 'XFORWARD' ? str('SOURCE') : undefined,
       via: verb === 'XFORWARD' ? 'xforward' : 'xclient',
     };
+    // A login belongs to the client that gave it.
+    if (newClient) this.state.auth = undefined;
     this.updateRelayClient();
     this.log.debug(`${verb}: client is ${this.state.client.addr}`, { client: this.state.client });
     if (!newClient && this.connectHooksDone) return;
@@ -267,6 +297,21 @@ export class Session implements FrontendHandler {
     }
   }
 
+  // ---- SMTP AUTH (standalone) ----
+
+  authOffer(): AuthOffer {
+    return this.auth.offer();
+  }
+
+  authenticate(request: AuthRequest): Promise<Reply> {
+    return this.auth.authenticate(request);
+  }
+
+  /** auth.required (a submission port): MAIL needs AUTH first, except from relay_clients. */
+  private authRequired(): boolean {
+    return this.state.mode === 'standalone' && this.rt.config.auth.required && !this.state.relayClient;
+  }
+
   // ---- transaction ----
 
   async mail(arg: PathArgument): Promise<Reply> {
@@ -275,6 +320,7 @@ export class Session implements FrontendHandler {
       await this.runConnectHooks();
     }
     if (this.txn) await this.endTransaction('reset');
+    if (this.authRequired()) return reply(530, '5.7.0', 'Authentication required');
     const txn = new Transaction(this.state.id, ++this.state.transactions);
     txn.sender = toAddress(arg);
     if (txn.sender.address && this.rt.immuneSenders(txn.sender.address)) txn.immunity.all = true;
@@ -292,10 +338,35 @@ export class Session implements FrontendHandler {
     if (!txn) return reply(503, '5.5.1', 'Error: need MAIL command');
     const rcpt = toAddress(arg);
     const { reply: refusal } = await this.decide('rcpt', rcpt);
-    const r = refusal ?? (await this.relay.rcpt(arg.raw));
+    const r = refusal ?? (rcpt.forwardTo?.length ? await this.relayForwarded(txn, rcpt, rcpt.forwardTo) : await this.relay.rcpt(arg.raw));
     if (isPositive(r)) txn.recipients.push(rcpt);
     else txn.rejected.push({ address: rcpt.address, reply: replyText(r) });
     return r;
+  }
+
+  /**
+   * A recipient the plugins redirected (aliases): one downstream RCPT per target,
+   * all within one reply deadline. The client gets 250 when at least one target
+   * was accepted (the others are logged), else the downstream's reply, a
+   * temporary one in preference so that the client tries again.
+   */
+  private async relayForwarded(txn: Transaction, rcpt: Address, targets: string[]): Promise<Reply> {
+    const deadlineAt = Date.now() + this.rt.config.reply_deadline * 1000;
+    const dsn = this.relay.offers('DSN');
+    const replies: Reply[] = [];
+    for (const target of targets) {
+      const r = await this.relay.rcpt(forwardedRcptArgument(rcpt, target, dsn), deadlineAt);
+      if (!isPositive(r)) this.log.warn(`downstream refused ${target} (for ${rcpt.address}): ${replyText(r)}`);
+      replies.push(r);
+    }
+    const accepted = replies.find(isPositive);
+    if (accepted) {
+      replies.forEach((r, i) => {
+        if (!isPositive(r)) txn.rejected.push({ address: `${targets[i]} (for ${rcpt.address})`, reply: replyText(r) });
+      });
+      return accepted;
+    }
+    return replies.find((r) => r.code < 500) ?? replies[0]!;
   }
 
   async dataCommand(): Promise<Reply | undefined> {
@@ -424,10 +495,14 @@ export class Session implements FrontendHandler {
 
   private receivedHeader(txn: Transaction): string {
     const c = this.state.client;
-    const proto = `${c.proto ?? 'SMTP'}${this.state.tls ? 'S' : ''}`;
+    const auth = this.state.auth;
+    const noted = !!auth && this.rt.config.auth.received_header;
+    // RFC 3848: ESMTPS for TLS, ESMTPA for AUTH, ESMTPSA for both.
+    const proto = `${c.proto ?? 'SMTP'}${this.state.tls ? 'S' : ''}${noted ? 'A' : ''}`;
     const addr = c.addr.includes(':') ? `IPv6:${c.addr}` : c.addr;
     const forPart = txn.recipients.length === 1 ? ` for <${txn.recipients[0]!.address}>` : '';
-    return `from ${c.helo ?? 'unknown'} (${c.name ?? 'unknown'} [${addr}]) by ${this.rt.config.hostname} (prequeue) with ${proto} id ${txn.id}${forPart}; ${rfc5322Date(new Date())}`;
+    const authPart = noted ? ` (Authenticated sender: ${auth.user.replace(/[()\\\r\n]/g, '?')})` : '';
+    return `from ${c.helo ?? 'unknown'} (${c.name ?? 'unknown'} [${addr}])${authPart} by ${this.rt.config.hostname} (prequeue) with ${proto} id ${txn.id}${forPart}; ${rfc5322Date(new Date())}`;
   }
 
   /** Ends the transaction after its final reply: log line, spool removed. */

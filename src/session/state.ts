@@ -19,6 +19,8 @@ export interface ClientInfo {
   ident?: string;
   /** LOCAL or REMOTE (XFORWARD SOURCE). */
   source?: string;
+  /** SASL login to pass downstream in XCLIENT LOGIN (our own AUTH, with auth.xclient_login). */
+  login?: string;
   /** Where this description comes from. */
   via: 'tcp' | 'xforward' | 'xclient';
 }
@@ -50,6 +52,19 @@ export interface Address {
    * a bare flag is `true`.
    */
   options?: Record<string, string | true>;
+  /**
+   * Checks this recipient is exempt from (the whitelist plugin: postmaster@,
+   * abuse@), set at RCPT. The chain applies it to this recipient's RCPT only,
+   * so it never carries over to the other recipients of the transaction.
+   */
+  immunity?: Immunity;
+  /**
+   * Set at RCPT to deliver elsewhere (the aliases plugin): the downstream gets
+   * one RCPT per address here instead of this one, with the client's
+   * parameters and an ORCPT naming this address; the client gets 250 when the
+   * downstream accepted at least one of them.
+   */
+  forwardTo?: string[];
 }
 
 /** A client that authenticated with SMTP AUTH. */
@@ -79,6 +94,24 @@ export interface ConnectionState {
   results: Results;
   /** Transactions started on this connection so far. */
   transactions: number;
+  /** What the front end saw of the TCP peer's input timing (absent without a live socket). */
+  readonly input?: ClientInput;
+}
+
+/**
+ * The TCP peer's input timing, for early-talker checks. It describes the TCP
+ * peer, so behind Postfix (or another proxy) it is the proxy's, not the client's.
+ */
+export interface ClientInput {
+  /** The peer sent something before our greeting was written. */
+  readonly talkedBeforeGreeting: boolean;
+  /**
+   * Whether the peer sent bytes beyond the command now being handled (before
+   * the greeting: any bytes). During DATA that is message data sent before the
+   * 354; pipelining (RFC 2920) ends a command group with DATA, so a well-behaved
+   * client has nothing more to send then.
+   */
+  hasUnreadInput(): boolean;
 }
 
 export interface TransactionState {

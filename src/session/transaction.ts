@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { encodeXtext } from '../backend/xtext';
 import type { Message } from '../message/types';
 import type { PathArgument } from '../smtp/frontend';
 import { Results } from './results';
@@ -13,6 +14,20 @@ export function toAddress(arg: PathArgument): Address {
     params: arg.args,
     raw: arg.raw,
   };
+}
+
+/**
+ * The RCPT argument that hands `target` to the downstream in place of
+ * `original` (Address.forwardTo): the client's parameters (NOTIFY...) as sent,
+ * plus, when the downstream speaks DSN and the client gave none, an ORCPT
+ * naming the original recipient (RFC 3461), so delivery reports still name the
+ * address the sender used. A non-ASCII original would need RFC 6533's utf-8
+ * form; it gets none rather than a wrong one.
+ */
+export function forwardedRcptArgument(original: Address, target: string, dsn: boolean): string {
+  const params = original.raw.replace(/^\s*(?:<[^<>]*>|\S+)/, '');
+  const orcpt = dsn && original.params.ORCPT === undefined && /^[\x21-\x7e]+$/.test(original.address);
+  return `<${target}>${params}${orcpt ? ` ORCPT=rfc822;${encodeXtext(original.address)}` : ''}`;
 }
 
 /** One mail transaction (MAIL .. end of data or RSET) with what the log line needs. */

@@ -14,7 +14,10 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection';
+import type { ClientInput } from '../session/state';
 import type { CidrList } from '../util/cidr';
+import type { AuthMechanism, AuthRequest } from '../plugin/api';
+import { SaslExchange, type SaslStep } from '../auth/sasl';
 import { isPositive, type Reply } from './reply';
 
 /** A MAIL FROM / RCPT TO argument: smtp-server's parse plus the text as received. */
@@ -52,6 +55,10 @@ export interface FrontendHandler {
   quit(): Promise<Reply>;
   /** The connection is gone (any reason). */
   closed(): void;
+  /** SMTP AUTH: the mechanisms to advertise now, and the reply to an AUTH that may not go ahead. */
+  authOffer(): { mechanisms: AuthMechanism[]; refusal?: Reply };
+  /** Decoded credentials; resolves with the final AUTH reply (235, 535, 454...). */
+  authenticate(request: AuthRequest): Promise<Reply>;
   /** The dialogue, for debug logging: client commands ('C') and our replies ('S'). */
   dialogue?(dir: 'C' | 'S', line: string): void;
 }
@@ -72,8 +79,16 @@ export interface FrontendOptions {
 const HTTP_REQUEST = /^(OPTIONS|GET|HEAD|POST|PUT|DELETE|TRACE|CONNECT) \/.* HTTP\/\d\.\d$/i;
 const noop = (): void => undefined;
 
-export class HookedConnection extends SMTPConnection {
+export class HookedConnection extends SMTPConnection implements ClientInput {
   handler!: FrontendHandler;
+  talkedBeforeGreeting = false;
+  private greeted = false;
+  /** The socket feeding the parser (the TLS one after STARTTLS), its last chunk, and the command line being handled. */
+  private watched: Socket | undefined;
+  private lastChunk: Buffer | undefined;
+  private currentLine: Buffer | undefined;
+  /** A command that came before the greeting: the parser waits for its callback until the greeting is out. */
+  private early: [Buffer, (() => void) | undefined] | undefined;
   /** The reply to write instead of the next one smtp-server writes. */
   private replyOverride: Reply | undefined;
   /** While set, smtp-server's replies are held here instead of written. */
@@ -81,15 +96,51 @@ export class HookedConnection extends SMTPConnection {
 
   declare _server: FrontendServer;
 
-  /** smtp-server waits 100 ms before the greeting to catch early talkers; that is a plugin's job here. */
+  /**
+   * smtp-server waits 100 ms before the greeting and answers an early talker
+   * "421 You talk too soon"; here that is the earlytalker plugin's call (it may
+   * only log, or wait longer), so the front end records what arrived and holds
+   * early commands until the greeting is out.
+   */
   override init(): void {
     this._setListeners(() => {
+      this.watchInput(this._socket);
       if (this._server.options.maxClients && this._server.connections.size > this._server.options.maxClients) {
         this.writeReply({ code: 421, enhanced: '4.7.0', lines: [`${this.name} Too many connections, try again later`], disconnect: true });
         return;
       }
       this.connectionReady();
     });
+  }
+
+  watchInput(socket: Socket): void {
+    if (socket === this.watched) return;
+    this.watched = socket;
+    this.lastChunk = undefined;
+    socket.on('data', (chunk: Buffer) => {
+      if (!this.greeted) this.talkedBeforeGreeting = true;
+      this.lastChunk = chunk;
+    });
+  }
+
+  override _sendGreeting(): void {
+    super._sendGreeting();
+    if (this.greeted) return;
+    this.greeted = true;
+    const early = this.early;
+    this.early = undefined;
+    if (early) this._onCommand(early[0], early[1]);
+  }
+
+  hasUnreadInput(): boolean {
+    if (!this.greeted) return this.talkedBeforeGreeting;
+    const parser = this._parser;
+    const chunk = this.lastChunk;
+    if (!parser || !chunk) return false;
+    // The parser's pending bytes are the chunk holding the command being handled plus any chunks queued behind it.
+    if (this._socket.readableLength > 0 || parser.writableLength > chunk.length) return true;
+    if (parser.writableLength === 0) return false;
+    return !endsWithLine(chunk, this.currentLine);
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
@@ -151,6 +202,11 @@ export class HookedConnection extends SMTPConnection {
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
+    if (!this.greeted && !this._closing) {
+      this.early = [command, callback];
+      return;
+    }
+    this.currentLine = command;
     const line = (command || '').toString();
     const verb = line.split(' ')[0]!.toUpperCase();
     if (this.handler.dialogue) {
@@ -200,7 +256,77 @@ export class HookedConnection extends SMTPConnection {
   }
 
   override handler_EHLO(command: Buffer, callback: () => void): void {
-    this.greetingCommand('EHLO', command, callback, () => super.handler_EHLO(command, callback));
+    this.greetingCommand('EHLO', command, callback, () => this.ehloWithAuth(() => super.handler_EHLO(command, callback)));
+  }
+
+  // ---- SMTP AUTH and STARTTLS availability (per session, not smtp-server's server-wide options) ----
+
+  /** Both depend on the session (TLS yet? auth plugins? blocked client?) and on reloads; smtp-server only knows fixed lists. */
+  override _isDisabled(command: string): boolean {
+    if (command === 'STARTTLS') return !this._server.tlsEnabled;
+    if (command === 'AUTH') {
+      const offer = this.handler.authOffer();
+      return !offer.mechanisms.length && !offer.refusal;
+    }
+    return super._isDisabled(command);
+  }
+
+  /** smtp-server's EHLO lists its server-wide authMethods; swap in this session's for the (synchronous) reply. */
+  private ehloWithAuth(run: () => void): void {
+    const opts = this._server.options as { authMethods?: string[] };
+    const saved = opts.authMethods;
+    opts.authMethods = this.handler.authOffer().mechanisms;
+    try {
+      run();
+    } finally {
+      opts.authMethods = saved;
+    }
+  }
+
+  override handler_AUTH(command: Buffer, callback: () => void): void {
+    const offer = this.handler.authOffer();
+    if (offer.refusal) {
+      this.writeReply(offer.refusal);
+      callback();
+      return;
+    }
+    const args = command.toString().trim().split(/\s+/).slice(1);
+    const mech = (args[0] ?? '').toUpperCase() as AuthMechanism;
+    if (!args[0] || args.length > 2) {
+      this.writeReply({ code: 501, enhanced: '5.5.4', lines: ['Syntax: AUTH mechanism [initial-response]'] });
+      callback();
+      return;
+    }
+    if (!offer.mechanisms.includes(mech)) {
+      this.writeReply({ code: 504, enhanced: '5.5.4', lines: ['Unrecognized authentication type'] });
+      callback();
+      return;
+    }
+    const { exchange, first } = SaslExchange.start(mech, args[1], this.name);
+    this.saslStep(exchange, first, callback);
+  }
+
+  private saslStep(exchange: SaslExchange, step: SaslStep, callback: () => void): void {
+    switch (step.kind) {
+      case 'challenge':
+        // The continuation line goes to the exchange, never to the command dispatcher (nor to the log: see _onCommand).
+        this._nextHandler = (line: Buffer, cb: () => void) => this.saslStep(exchange, exchange.next(line.toString()), cb);
+        this.emitReply(334, step.text, false);
+        callback();
+        return;
+      case 'error':
+        this.writeReply(step.reply);
+        callback();
+        return;
+      case 'done':
+        this.guard(
+          this.handler.authenticate(step.request).then((r) => {
+            this.writeReply(r);
+            callback();
+          }),
+          callback,
+        );
+    }
   }
 
   private proxyCommand(verb: 'XFORWARD' | 'XCLIENT', command: Buffer, callback: () => void, run: (cb: () => void) => void): void {
@@ -326,6 +452,22 @@ export class HookedConnection extends SMTPConnection {
   }
 }
 
+/**
+ * Whether the chunk ends with the command line (or with its tail, when the line
+ * was split across chunks): then nothing followed the command in it. A chunk
+ * ending in an identical later line reads as nothing following (a miss, never
+ * a false alarm).
+ */
+function endsWithLine(chunk: Buffer, line: Buffer | undefined): boolean {
+  const text = chunk.toString('latin1');
+  const eol = /\r?\n$/.exec(text);
+  if (!eol || !line) return false;
+  const body = text.slice(0, eol.index);
+  const nl = body.lastIndexOf('\n');
+  const cmd = line.toString('latin1');
+  return nl >= 0 ? body.slice(nl + 1) === cmd : cmd.endsWith(body);
+}
+
 function pathText(command: Buffer): string {
   const s = command.toString();
   const colon = s.indexOf(':');
@@ -339,6 +481,14 @@ export class FrontendServer extends SMTPServer {
   trustedProxies: CidrList;
   /** Set by drain(): sessions may finish their transaction, nothing new starts. */
   draining = false;
+  /** STARTTLS is offered (a certificate is configured). */
+  tlsEnabled = false;
+
+  /** New certificate and key (SIGHUP): used by every STARTTLS from now on; sessions already in TLS keep theirs. */
+  setTls(tls: { key: Buffer; cert: Buffer } | undefined): void {
+    if (tls) this.updateSecureContext({ key: tls.key, cert: tls.cert });
+    this.tlsEnabled = !!tls;
+  }
 
   /** Stop accepting; close idle sessions now (421); the rest close at their next command after their transaction. */
   drain(onClosed: () => void): void {
@@ -379,8 +529,9 @@ export class FrontendServer extends SMTPServer {
       hideENHANCEDSTATUSCODES: false,
       hideDSN: false,
       hideREQUIRETLS: true,
-      hideSTARTTLS: !opts.tls,
-      disabledCommands: ['AUTH', ...(opts.tls ? [] : ['STARTTLS'])],
+      // Both are decided per session by HookedConnection._isDisabled (TLS can come with a reload, AUTH with the plugins).
+      hideSTARTTLS: false,
+      disabledCommands: [],
       authOptional: true,
       // Behind Postfix the public smtpd already accepted the address; a proxy must not be stricter on syntax.
       lenientAddressParsing: true,
@@ -392,6 +543,7 @@ export class FrontendServer extends SMTPServer {
     } as SMTPServerOptions;
     super(options);
     this.trustedProxies = opts.trustedProxies;
+    this.tlsEnabled = !!opts.tls;
   }
 
   override connect(socket: Socket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
@@ -428,8 +580,10 @@ export class FrontendServer extends SMTPServer {
     );
   }
 
-  override onSecure(_socket: unknown, session: SMTPServerSession, callback: (err?: Error | null) => void): void {
-    FrontendServer.conn(session).handler.secured();
+  override onSecure(socket: Socket, session: SMTPServerSession, callback: (err?: Error | null) => void): void {
+    const conn = FrontendServer.conn(session);
+    conn.watchInput(socket);
+    conn.handler.secured();
     callback();
   }
 

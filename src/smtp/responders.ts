@@ -23,6 +23,14 @@ const policy = (what: string, permCode = 550, tempCode = 450): HookReplies => ({
   denysoft_disconnect: [421, '4.7.0', `${what} temporarily rejected, closing connection`],
 });
 
+/** RFC 4954 section 6: 535 5.7.8 bad credentials, 454 4.7.0 temporary failure. */
+const auth: HookReplies = {
+  deny: [535, '5.7.8', 'Authentication credentials invalid'],
+  denysoft: [454, '4.7.0', 'Temporary authentication failure, try again later'],
+  deny_disconnect: [535, '5.7.8', 'Authentication credentials invalid'],
+  denysoft_disconnect: [421, '4.7.0', 'Temporary authentication failure, closing connection'],
+};
+
 const TABLE: Record<Exclude<HookName, 'reset_transaction' | 'disconnect' | 'deny' | 'ok'>, HookReplies> = {
   // RFC 5321 3.1: a server that refuses service answers the greeting with 554 (or 421 for now).
   connect: {
@@ -53,6 +61,10 @@ const TABLE: Record<Exclude<HookName, 'reset_transaction' | 'disconnect' | 'deny
     denysoft_disconnect: [421, '4.5.2', 'Too many unrecognized commands, closing connection'],
   },
   quit: policy('QUIT'),
+  auth,
+  auth_plain: auth,
+  auth_login: auth,
+  auth_cram_md5: auth,
 };
 
 /** Replies for a hook that every plugin declined (or accepted): the normal protocol answer. */
@@ -65,6 +77,9 @@ export const DEFAULTS = {
   rset: reply(250, '2.0.0', 'Flushed'),
   data: reply(354, undefined, 'End data with <CR><LF>.<CR><LF>'),
   queued: reply(250, '2.0.0', 'Message accepted'),
+  /** AUTH: every auth plugin declined. */
+  authOk: reply(235, '2.7.0', 'Authentication successful'),
+  authFailed: reply(535, '5.7.8', 'Authentication credentials invalid'),
 } as const;
 
 /**

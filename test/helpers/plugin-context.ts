@@ -5,6 +5,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { DnsResolver } from '../../src/dns/resolver';
+import { SqliteStore } from '../../src/store/sqlite';
 import { join } from 'node:path';
 import type { HookArgs, HookContext, HookName, PluginDefinition, PluginEnv, PluginHooks, PluginLogger } from '../../src/plugin/api';
 import { toVerdict, type Verdict } from '../../src/plugin/decision';
@@ -112,6 +113,15 @@ export function makeContext(opts: FakeContextOptions = {}): FakeContext {
   return ctx;
 }
 
+/**
+ * A fresh in-memory SQLite store per env, opened at the first store() call,
+ * namespaced like the loader does (default: the instance name).
+ */
+export function memoryStore(defaultNamespace = 'test'): PluginEnv['store'] {
+  let db: SqliteStore | undefined;
+  return (namespace = defaultNamespace) => (db ??= new SqliteStore({ path: ':memory:', sweepIntervalMs: 0 })).namespace(namespace);
+}
+
 export function makeEnv(overrides: Partial<PluginEnv> = {}): PluginEnv {
   // No DNS server is reachable by default: a plugin test that needs DNS passes its own resolver (test/helpers/dns-server.ts).
   return {
@@ -120,6 +130,7 @@ export function makeEnv(overrides: Partial<PluginEnv> = {}): PluginEnv {
     mode: 'standalone',
     log: memoryLogger(),
     dns: overrides.dns ?? new DnsResolver({ servers: ['127.0.0.1:9'], timeout: 100, tries: 1 }),
+    store: overrides.store ?? memoryStore(overrides.name ?? 'test'),
     ...overrides,
   };
 }

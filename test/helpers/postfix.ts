@@ -66,8 +66,8 @@ export interface PostfixInstance {
 export interface SwaksOptions {
   /** Kill swaks after this long (default 30 s); the result then has code null. */
   timeoutMs?: number;
-  /** Written to swaks' stdin (for `--data -`); stdin is otherwise closed. */
-  input?: string;
+  /** Written to swaks' stdin (for `--data -`); stdin is otherwise closed. A string goes as UTF-8: 8-bit test data needs a Buffer. */
+  input?: string | Buffer;
   env?: NodeJS.ProcessEnv;
 }
 
