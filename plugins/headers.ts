@@ -8,14 +8,39 @@
  *   future: number       days a Date may lie ahead of our clock (default 2; 0 = no limit)
  *   past: number         days a Date may lie behind (default 15; 0 = no limit)
  *
+ *   checks: {...}        what each of the checks below does: reject (refuse and record), record (only
+ *                        record, for karma and the log), or off
+ *     from_invalid        (reject) From has no parsable mailbox, or more <addresses> than mailboxes
+ *                         ("Alice <a@example.com> <b@example.org>", a way to fool address display)
+ *     from_multiple       (reject) From holds several mailboxes but there is no Sender with exactly
+ *                         one (RFC 5322 3.6.2)
+ *     message_id_missing  (off) no Message-ID; off by default since submission clients leave it to
+ *                         the MSA (Postfix's cleanup adds one); add Message-ID to `required` to refuse
+ *     message_id_invalid  (record) Message-ID is not "<left@right>"; many bulk mailers get it wrong
+ *     from_envelope       (record) the From domain differs from the envelope sender's domain
+ *                         (null sender not compared): mailing lists and mail services do this all the
+ *                         time, so it is a hint for karma, not a reason to refuse
+ *     from_recipient      (record) From is one of the recipients while the envelope sender is
+ *                         someone else (the "mail from yourself" spam pattern)
+ *   alignment: relaxed | strict   from_envelope compares organizational domains (relaxed, the
+ *                        default: bounces.example.com matches example.com) or exact domains (strict)
+ *
  * A Date that is not an RFC 5322 date-time is always a failure (obsolete
  * syntax such as 2-digit years and zone names is accepted, a missing zone
- * counts as UTC). Every problem found is recorded; the rejection names each
- * offending header.
+ * counts as UTC). Every problem found is recorded in `fail`
+ * (`required:<Name>`, `singular:<Name>`, `date:invalid|future|past`,
+ * `from:invalid`, `from:multiple`, `message-id:missing`, `message-id:invalid`,
+ * `from:envelope`, `from:recipient`); checks that pass add `required`,
+ * `singular` and `date` to `pass`. Details: `date_offset` (seconds the Date lies
+ * ahead of our clock, negative behind), `from_domain`, `envelope_domain`,
+ * `from_aligned`. The rejection names each problem of the rejecting checks.
  */
+import addressparser from 'nodemailer/lib/addressparser';
+import { getDomain } from 'tldts';
 import { z } from 'zod';
-import { definePlugin } from '../src/plugin/api';
+import { definePlugin, type HookContext } from '../src/plugin/api';
 import { deny } from '../src/plugin/decision';
+import type { MessageHeaders } from '../src/message/types';
 
 const DAY = 86_400_000;
 const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
@@ -60,8 +85,110 @@ export function parseRfc5322Date(value: string): number | undefined {
   return t.getTime() - offset * 60_000;
 }
 
+type Action = 'reject' | 'record' | 'off';
+const action = (d: Action) => z.enum(['reject', 'record', 'off']).default(d);
+
+/** The mailboxes of an address-list header value (groups flattened), and how many "<...>" it holds. */
+export function parseMailboxes(value: string): { mailboxes: string[]; angles: number } {
+  const mailboxes: string[] = [];
+  const walk = (list: ReturnType<typeof addressparser>): void => {
+    for (const a of list) {
+      if ('group' in a && Array.isArray(a.group)) walk(a.group);
+      else mailboxes.push((a as { address?: string }).address ?? '');
+    }
+  };
+  walk(addressparser(value));
+  let text = value.replace(/"(?:[^"\\]|\\.)*"/g, '""');
+  for (let prev = ''; prev !== text; ) [prev, text] = [text, text.replace(/\((?:[^()\\]|\\.)*\)/g, ' ')];
+  const angles = (text.match(/<[^<>]*>/g) ?? []).length;
+  return { mailboxes, angles };
+}
+
+const LABEL = /^(?:[a-z0-9_\x80-\uffff](?:[a-z0-9_\x80-\uffff-]*[a-z0-9_\x80-\uffff])?)$/i;
+
+/** A mailbox address as RFC 5322 allows it (local part, one @, a domain name or literal). */
+export function isMailbox(address: string): boolean {
+  const at = address.lastIndexOf('@');
+  if (at <= 0 || at === address.length - 1) return false;
+  const local = address.slice(0, at);
+  const domain = address.slice(at + 1);
+  if (/\s/.test(local) && !/^".*"$/.test(local)) return false;
+  if (!local.startsWith('"') && local.includes('@')) return false;
+  if (/^\[[^\[\]\s]+\]$/.test(domain)) return true;
+  return domain.split('.').every((l) => LABEL.test(l));
+}
+
+/** RFC 5322 msg-id: "<" id-left "@" id-right ">" (with the obsolete forms' leniency), comments allowed around it. */
+export function isMessageId(value: string): boolean {
+  let text = value;
+  for (let prev = ''; prev !== text; ) [prev, text] = [text, text.replace(/\((?:[^()\\]|\\.)*\)/g, ' ')];
+  return /^<[^<>@\s]+@[^<>@\s]+>$/.test(text.trim());
+}
+
+const domainOf = (address: string): string => address.slice(address.lastIndexOf('@') + 1).toLowerCase().replace(/\.$/, '');
+const organizational = (domain: string): string => getDomain(domain, { allowPrivateDomains: false }) ?? domain;
+
+interface Findings {
+  pass: string[];
+  fail: string[];
+  /** Problems of checks set to reject: the rejection text. */
+  problems: string[];
+  details: Record<string, unknown>;
+}
+
+type Checks = Record<'from_invalid' | 'from_multiple' | 'message_id_missing' | 'message_id_invalid' | 'from_envelope' | 'from_recipient', Action>;
+
+function finding(f: Findings, how: Action, fail: string, problem: string): void {
+  if (how === 'off') return;
+  f.fail.push(fail);
+  if (how === 'reject') f.problems.push(problem);
+}
+
+/** From, Sender and Message-ID, and the From against the envelope. */
+function checkOriginator(ctx: HookContext, h: MessageHeaders, checks: Checks, alignment: 'relaxed' | 'strict', f: Findings): void {
+  const fromValue = h.get('From');
+  let from: string | undefined;
+  if (fromValue !== undefined) {
+    const { mailboxes, angles } = parseMailboxes(fromValue);
+    const valid = mailboxes.filter(isMailbox);
+    if (!mailboxes.length || valid.length !== mailboxes.length || angles > mailboxes.length) {
+      finding(f, checks.from_invalid, 'from:invalid', 'From header has no valid address');
+    } else {
+      from = valid[0];
+      if (valid.length > 1) {
+        const sender = h.get('Sender');
+        const senders = sender === undefined ? [] : parseMailboxes(sender).mailboxes.filter(isMailbox);
+        if (senders.length !== 1) {
+          finding(f, checks.from_multiple, 'from:multiple', `From header has ${valid.length} addresses but no Sender header with one`);
+        }
+      }
+    }
+  }
+
+  const mid = h.get('Message-ID');
+  if (mid === undefined) finding(f, checks.message_id_missing, 'message-id:missing', 'Message-ID header is missing');
+  else if (!isMessageId(mid)) finding(f, checks.message_id_invalid, 'message-id:invalid', 'Message-ID header is not valid');
+
+  const envelope = ctx.txn?.sender?.address;
+  if (from === undefined || !envelope) return; // no usable From, or the null sender (bounces)
+  const fromDomain = domainOf(from);
+  const envDomain = domainOf(envelope);
+  const aligned = alignment === 'strict' ? fromDomain === envDomain : organizational(fromDomain) === organizational(envDomain);
+  f.details.from_domain = fromDomain;
+  f.details.envelope_domain = envDomain;
+  f.details.from_aligned = aligned;
+  if (!aligned) {
+    finding(f, checks.from_envelope, 'from:envelope', `From domain ${fromDomain} does not match the envelope sender's ${envDomain}`);
+  }
+  const fromLower = from.toLowerCase();
+  const toSelf = (ctx.txn?.recipients ?? []).some((r) => r.address.toLowerCase() === fromLower);
+  if (toSelf && envelope.toLowerCase() !== fromLower) {
+    finding(f, checks.from_recipient, 'from:recipient', 'From header names a recipient but the envelope sender is someone else');
+  }
+}
+
 export default definePlugin({
-  description: 'require, limit and date-check RFC 5322 headers',
+  description: 'require, limit and date-check RFC 5322 headers; check From, Sender, Message-ID and From against the envelope',
   options: z
     .object({
       required: z.array(z.string().min(1)).default(['From', 'Date']),
@@ -70,15 +197,26 @@ export default definePlugin({
         .default(['Date', 'From', 'Sender', 'Reply-To', 'To', 'Cc', 'Bcc', 'Message-ID', 'In-Reply-To', 'References', 'Subject']),
       future: z.number().nonnegative().default(2),
       past: z.number().nonnegative().default(15),
+      checks: z
+        .object({
+          from_invalid: action('reject'),
+          from_multiple: action('reject'),
+          message_id_missing: action('off'),
+          message_id_invalid: action('record'),
+          from_envelope: action('record'),
+          from_recipient: action('record'),
+        })
+        .strict()
+        .prefault({}),
+      alignment: z.enum(['relaxed', 'strict']).default('relaxed'),
     })
     .strict(),
   create(opts) {
     return {
       data_post(ctx, message) {
         const h = message.headers;
-        const pass: string[] = [];
-        const fail: string[] = [];
-        const problems: string[] = [];
+        const f: Findings = { pass: [], fail: [], problems: [], details: {} };
+        const { pass, fail, problems } = f;
 
         const missing = opts.required.filter((name) => h.count(name) === 0);
         for (const name of missing) {
@@ -98,6 +236,7 @@ export default definePlugin({
         if (date !== undefined) {
           const t = parseRfc5322Date(date);
           const now = Date.now();
+          if (t !== undefined) f.details.date_offset = Math.round((t - now) / 1000);
           if (t === undefined) {
             fail.push('date:invalid');
             problems.push('Date header is not a valid RFC 5322 date');
@@ -112,7 +251,9 @@ export default definePlugin({
           }
         }
 
-        ctx.result({ pass, fail });
+        checkOriginator(ctx, h, opts.checks, opts.alignment, f);
+
+        ctx.result({ pass, fail, ...f.details });
         if (problems.length) return deny(problems.join('; '));
       },
     };
