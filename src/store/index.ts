@@ -7,13 +7,11 @@ import { accessSync, constants, lstatSync, mkdirSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema';
-import { RedisStore } from './redis';
-import { SqliteStore } from './sqlite';
+import type { RedisStore } from './redis';
+import type { SqliteStore } from './sqlite';
 import { NamespacedStore, NAMESPACE_SEPARATOR, StoreError, type KvStore, type StoreBackend } from './types';
 
 export { StoreError, type KvStore, type StoreBackend } from './types';
-export { SqliteStore } from './sqlite';
-export { RedisStore } from './redis';
 
 export type StoreConfig = Config['store'];
 
@@ -82,8 +80,19 @@ export interface StoreContext {
   log: StoreLogger;
 }
 
+/*
+ * The backends are required when a store is first opened, not at start-up:
+ * most configurations never use one, and ioredis and better-sqlite3 together
+ * cost several MB of idle memory in every process.
+ */
+/* eslint-disable @typescript-eslint/no-require-imports */
+const loadRedis = (): typeof RedisStore => (require('./redis') as typeof import('./redis')).RedisStore;
+const loadSqlite = (): typeof SqliteStore => (require('./sqlite') as typeof import('./sqlite')).SqliteStore;
+/* eslint-enable @typescript-eslint/no-require-imports */
+
 export function openStore(cfg: StoreConfig, ctx: StoreContext): StoreBackend {
   if (cfg.backend === 'redis') {
+    const RedisStore = loadRedis();
     const r = cfg.redis;
     return new RedisStore({
       url: r.url,
@@ -109,6 +118,7 @@ export function openStore(cfg: StoreConfig, ctx: StoreContext): StoreBackend {
       ctx.log.warn(`store: no store.path set and ${SYSTEM_STATE_DIR} is not writable: using ${path}, which a reboot may clear`);
     }
   }
+  const SqliteStore = loadSqlite();
   return new SqliteStore({
     path,
     busyTimeoutMs: cfg.busy_timeout * 1000,
