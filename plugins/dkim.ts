@@ -6,13 +6,13 @@
  * neutral, policy, temperror, permerror; none when unsigned) with its d= and
  * s=, in the results store and in txn.notes.mailauth.dkim for dmarc and
  * auth_results. It never rejects by itself: a failed signature makes the mail
- * unsigned, and dmarc decides. The header block is taken at data_headers_end,
- * so header fields other plugins add or remove at data_post do not matter; the
- * body does: list dkim before any plugin that changes the body (addsig), i.e.
- * first among the data_post plugins, and before dmarc and auth_results which
- * read its results. A body changed before verification is logged as an error.
- * Mail from relay clients and authenticated clients is not verified unless
- * `verify_relay_clients` is set.
+ * unsigned, and dmarc decides. What is verified is the message as it arrived,
+ * before any plugin changed it: the header block is copied at
+ * data_headers_end, and the body is read from the spool as received, so header
+ * fields or a footer (addsig) that other data_post plugins add do not matter.
+ * List dkim before dmarc and auth_results, which read its results (first among
+ * the data_post plugins is simplest). Mail from relay clients and
+ * authenticated clients is not verified unless `verify_relay_clients` is set.
  *
  * Signing (queue hook): only mail from relay clients or authenticated clients
  * (conn.relayClient / conn.auth), for the From header's domain (or the
@@ -137,9 +137,7 @@ export default definePlugin({
           ctx.result({ skip: 'verify: relay client' });
           return;
         }
-        if (bodyChanged(message)) {
-          ctx.log.error('the body was changed by a plugin listed before dkim: signatures are checked against the changed body; list dkim first among the data_post plugins');
-        }
+        if (bodyChanged(message)) ctx.log.debug('the body was changed by a plugin listed before dkim: verifying the body as received');
         const v = await verifyDkim(receivedMessageStream(ctx.txn, message), receivedHeaderFields(ctx.txn, message), {
           resolver,
           minKeyBits: opts.min_key_bits,

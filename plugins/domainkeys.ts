@@ -12,14 +12,15 @@
  *
  * It never rejects; results go to the results store and
  * txn.notes.mailauth.domainkeys, which auth_results reports. Like dkim it
- * checks the header block as received (copied at data_headers_end), but the
- * body as it stands: list it before plugins that change the body.
+ * checks the message as received: the header block copied at
+ * data_headers_end and the body read from the spool as it arrived, whatever
+ * plugins listed before it changed. List it before auth_results.
  *
  * Options: none besides the common ones. Relay clients are skipped (immune).
  */
 import { z } from 'zod';
 import { verifyDomainKeys } from '../src/mailauth/domainkeys';
-import { bodyChanged, receivedHeaderFields, rememberReceivedHeaders } from '../src/mailauth/message';
+import { receivedHeaderFields, rememberReceivedHeaders } from '../src/mailauth/message';
 import { authNotes } from '../src/mailauth/notes';
 import { definePlugin } from '../src/plugin/api';
 
@@ -39,9 +40,8 @@ export default definePlugin({
           ctx.result({ msg: 'none (no signature)' });
           return;
         }
-        if (bodyChanged(message)) ctx.log.error('the body was changed by a plugin listed before domainkeys: list it first among the data_post plugins');
         const notes = await verifyDomainKeys(
-          { fields, separator: message.hasBody, body: () => message.bodyStream() as AsyncIterable<Buffer> },
+          { fields, separator: message.hasBody, body: () => message.receivedBodyStream() as AsyncIterable<Buffer> },
           env.dns,
         );
         authNotes(ctx.txn).domainkeys = notes;

@@ -6,9 +6,10 @@
  * Received-SPF, auth_results removing forged Authentication-Results, anyone
  * listed earlier). The verifiers therefore take a copy of the header block at
  * data_headers_end, before any data_post plugin runs, and stream that copy
- * followed by the body. The body is the spool's, never copied; if a plugin
- * listed before the verifier changed it, verification would judge the changed
- * body, so that is logged loudly (list dkim and domainkeys first).
+ * followed by the body as received. The body is never copied: the spool keeps
+ * the received bytes whatever plugins do (their changes are a list of parts
+ * over it), so a footer added by a plugin listed before the verifier does not
+ * break a signature either.
  */
 import { Readable } from 'node:stream';
 import type { HeaderField, Message, MessageHeaders } from '../message/types';
@@ -36,17 +37,18 @@ export function receivedHeaderFields(txn: TransactionState | undefined, message:
   return snapshot(txn, message).fields;
 }
 
-/** True if a plugin that ran earlier changed the body (verification would not see what was signed). */
+/** True if a plugin that ran earlier changed the body. */
 export function bodyChanged(message: Message): boolean {
   return (message as Message & { bodyModified?: boolean }).bodyModified === true;
 }
 
-/** The received header block (separator included) followed by the body, streamed from the spool. */
+/** The received header block (separator included) followed by the received body, streamed from the spool. */
 export function receivedMessageStream(txn: TransactionState | undefined, message: Message): Readable {
   const head = snapshot(txn, message).bytes;
+  const body = message.receivedBodyStream();
   async function* all(): AsyncGenerator<Buffer> {
     if (head.length) yield head;
-    for await (const chunk of message.bodyStream()) yield chunk as Buffer;
+    for await (const chunk of body) yield chunk as Buffer;
   }
   return Readable.from(all(), { objectMode: false });
 }

@@ -265,6 +265,11 @@ export class SpooledMessage implements Message {
     });
   }
 
+  receivedBodyStream(): Readable {
+    const parts: BodyPart[] = this.bodyLength > 0 ? [this.originalBody()] : [];
+    return Readable.from(this.bodyChunks(parts, false), { objectMode: false, highWaterMark: READ_HIGH_WATER_MARK });
+  }
+
   stream(): Readable {
     // Snapshot now: edits made while the message streams do not mix into it.
     const head = this.headers.toBuffer();

@@ -57,6 +57,8 @@ export interface Message {
   bodySize(): number;
   /** Stream of the current body. */
   bodyStream(): Readable;
+  /** Stream of the body as received, whatever plugins changed since (signature verifiers need it). */
+  receivedBodyStream(): Readable;
   /** The last `n` bytes of the current body (for plugins that append). */
   bodyTail(n: number): Promise<Buffer>;
   /** Read the current body into memory; refuses (throws) past `limit` bytes. */

@@ -52,6 +52,16 @@ test('appendBody / prependBody', async () => {
   }
 });
 
+test('receivedBodyStream gives the body as received, whatever was changed since', async () => {
+  for (const [name, msg] of await both()) {
+    msg.appendBody('-- \r\nfooter\r\n');
+    msg.replaceBody([Buffer.from('new\r\n'), ...msg.bodyParts()]);
+    assert.equal((await collect(msg.receivedBodyStream())).toString(), body, name);
+    assert.equal((await collect(msg.bodyStream())).toString(), 'new\r\n' + body + '-- \r\nfooter\r\n', 'the current body is untouched');
+    await msg.dispose();
+  }
+});
+
 test('replaceBody with ranges of the received body and new parts', async () => {
   for (const [name, msg] of await both()) {
     const orig = msg.originalBody();

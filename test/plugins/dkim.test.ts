@@ -11,7 +11,7 @@ import { mailauthResolver } from '../../src/mailauth/resolver';
 import type { SpooledMessage } from '../../src/message/message';
 import { spoolBuffer } from '../../src/message/spool';
 import { Decision } from '../../src/plugin/decision';
-import { dkimRecord, dkimpySign, dkimpyVerify, ed25519Key, keyFiles, mailauthSign, rsaKey, txt, type TestKey } from '../helpers/dkim-keys';
+import { dkimRecord, dkimpySign, dkimpyVerify, ed25519Key, keyFiles, mailauthSign, rsaKey, sendAsPostfix, txt, type TestKey } from '../helpers/dkim-keys';
 import { startDnsServer, silentDnsServer, type DnsServer } from '../helpers/dns-server';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { callHook, loadPlugin, makeContext, type FakeContextOptions } from '../helpers/plugin-context';
@@ -177,11 +177,20 @@ describe('dkim verify', () => {
     assert.equal(direct.results[0]!.status.result, 'fail');
   });
 
-  test('a body changed before verification is logged as an error', async () => {
+  test('a body changed by an earlier plugin (a footer, a rewrite) does not matter: the body as received is verified', async () => {
     const signed = await dkimpySign(MSG, 'example.test', 'rsa', files.path.rsa!);
-    const r = await verify(signed, {}, {}, (m) => m.appendBody('footer\r\n'));
-    assert.equal(r.dkim?.[0]?.result, 'fail');
-    assert.ok(r.ctx.log.entries.some((e) => e.level === 'error' && /list dkim first/.test(e.msg)));
+    const footer = await verify(signed, {}, {}, (m) => m.appendBody('footer added by a plugin\r\n'));
+    assert.equal(footer.dkim?.[0]?.result, 'pass');
+    const rewritten = await verify(signed, {}, {}, (m) => {
+      m.replaceBody([Buffer.from('a new first line\r\n'), m.originalBody(), Buffer.from('-- \r\nfooter\r\n')]);
+    });
+    assert.equal(rewritten.dkim?.[0]?.result, 'pass');
+    const relayed = Buffer.concat(await messages.at(-1)!.stream().toArray()).toString('latin1');
+    assert.match(relayed, /\r\n\r\na new first line\r\nHello Bob,/, 'the change stays in the message');
+    assert.match(relayed, /-- \r\nfooter\r\n$/);
+    // Proof that the changed body would fail: a verifier reading the current message.
+    const direct = await dkimVerify(messages.at(-1)!.stream(), { resolver: mailauthResolver(resolver) });
+    assert.equal(direct.results[0]!.status.result, 'neutral', 'body hash did not verify');
   });
 
   test('relay and authenticated clients are not verified unless verify_relay_clients', async () => {
@@ -312,6 +321,43 @@ describe('dkim sign', () => {
     writeFileSync(join(files.dir, 'ec.pem'), generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
     await assert.rejects(load('ec.pem'), /ec key; DKIM signs with RSA or Ed25519/);
     await assert.rejects(loadPlugin(plugin, { sign: { keys: {}, canonicalization: 'nofws' } }), /invalid option/i);
+  });
+});
+
+describe('dkim over SMTP: the signer listed before addsig still signs last', () => {
+  let downstream: FakeSmtpServer;
+  let proxy: Awaited<ReturnType<typeof startProxy>>;
+
+  before(async () => {
+    downstream = await FakeSmtpServer.start();
+    proxy = await startProxy({
+      mode: 'postfix',
+      relay_clients: ['192.0.2.0/24'],
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      dns: { servers: [dns.server], timeout: 1, tries: 1 },
+      plugins: [
+        { 'dkim:sign': { verify: false, sign: { keys: { 'example.test': [{ selector: 'big', file: files.path.big }, { selector: 'ed', file: files.path.ed }] }, canonicalization: 'simple/simple' } } },
+        { addsig: { signatures: { 'example.test': { text: 'A footer from a plugin listed after the signer' } } } },
+      ],
+    });
+  });
+  after(async () => {
+    await proxy?.close();
+    await downstream?.close();
+  });
+
+  test('the footer is covered by both signatures (RSA and Ed25519), dkimpy verifies', async () => {
+    const before = downstream.messages.length;
+    const r = await sendAsPostfix(proxy.port, { addr: '192.0.2.1', helo: 'client.example.test', from: 'alice@example.test', to: ['bob@example.org'], message: MSG });
+    assert.equal(r.eod?.code, 250);
+    const got = downstream.messages[before]!.data;
+    assert.match(got.toString('latin1'), /A footer from a plugin listed after the signer/);
+    assert.equal(signatureFields(got).length, 2);
+    assert.deepEqual(await dkimpyVerify(got, dns.port), [true, true]);
+    // An outside client's mail goes through unsigned (nothing to sign for).
+    const outside = await sendAsPostfix(proxy.port, { addr: '198.51.100.7', helo: 'client.example.net', from: 'alice@example.test', to: ['bob@example.org'], message: MSG });
+    assert.equal(outside.eod?.code, 250);
+    assert.equal(signatureFields(downstream.messages.at(-1)!.data).length, 0);
   });
 });
 

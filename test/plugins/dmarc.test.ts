@@ -299,4 +299,65 @@ describe('dmarc over SMTP behind Postfix: spf, dkim, dmarc, auth_results', () =>
     const r = await send(Buffer.from(signed.toString('latin1').replace('Hello.', 'Hello!'), 'latin1'));
     assert.equal(r.eod?.code, 550);
   });
+
+  test('p=quarantine: an unaligned message is relayed with the quarantine header and dmarc=fail', async () => {
+    const before = downstream.messages.length;
+    const forged = 'X-DMARC-Quarantine: no (forged by the sender)\r\n' + base('Alice <alice@relaxed.test>');
+    const r = await send(await mailauthSign(forged, 'other.test', 'sel', key));
+    assert.equal(r.eod?.code, 250);
+    const got = downstream.messages[before]!.data.toString('latin1');
+    assert.deepEqual(got.match(/^X-DMARC-Quarantine:.*$/gm), ['X-DMARC-Quarantine: yes (DMARC policy of relaxed.test: quarantine)']);
+    const flat = got.match(/^Authentication-Results:.*(?:\r\n[ \t].*)*/m)![0].replace(/\r\n[ \t]+/g, ' ');
+    assert.match(flat, /; dkim=pass header\.d=other\.test /);
+    assert.match(flat, /; dmarc=fail \(p=QUARANTINE dis=QUARANTINE\) header\.from=relaxed\.test$/);
+  });
+});
+
+describe('dmarc over SMTP when DNS times out', () => {
+  let downstream: FakeSmtpServer;
+  let deferring: Awaited<ReturnType<typeof startProxy>>;
+  let accepting: Awaited<ReturnType<typeof startProxy>>;
+  const MESSAGE = 'From: Alice <alice@example.test>\r\nTo: bob@example.org\r\nSubject: timeout\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\nHello.\r\n';
+
+  before(async () => {
+    downstream = await FakeSmtpServer.start();
+    const config = (dmarc: object) => ({
+      mode: 'postfix',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      dns: { servers: [silent.server], timeout: 1, tries: 1 },
+      // SPF's own temperror deferral is tested in spf.test.ts: here it lets the message reach DATA.
+      plugins: [{ spf: { actions: { temperror: 'accept' } } }, { dkim: {} }, { dmarc: dmarc }, { auth_results: { authserv_id: 'mx.example.org' } }],
+    });
+    deferring = await startProxy(config({ reject_on_reject: true, defer_on_temperror: true }));
+    accepting = await startProxy(config({ reject_on_reject: true }));
+  });
+  after(async () => {
+    await deferring?.close();
+    await accepting?.close();
+    await downstream?.close();
+  });
+
+  const send = (port: number) =>
+    (async () => sendAsPostfix(port, { addr: IP, helo: 'mta.example.test', from: 'alice@example.test', to: ['bob@example.org'], message: await mailauthSign(MESSAGE, 'example.test', 'sel', key) }))();
+
+  test('defer_on_temperror: 451 4.7.0 at the end of data, nothing relayed', async () => {
+    const before = downstream.messages.length;
+    const r = await send(deferring.port);
+    assert.equal(r.mail.code, 250);
+    assert.equal(r.eod?.code, 451);
+    assert.equal(r.eod?.enhanced, '4.7.0');
+    assert.match(r.eod!.lines.join(' '), /DMARC: temporary error looking up the policy of example\.test/);
+    assert.equal(downstream.messages.length, before);
+  });
+
+  test('without it: relayed, every result temperror in Authentication-Results', async () => {
+    const before = downstream.messages.length;
+    const r = await send(accepting.port);
+    assert.equal(r.eod?.code, 250);
+    const got = downstream.messages[before]!.data.toString('latin1');
+    const flat = got.match(/^Authentication-Results:.*(?:\r\n[ \t].*)*/m)![0].replace(/\r\n[ \t]+/g, ' ');
+    assert.match(flat, /^Authentication-Results: mx\.example\.org; spf=temperror /);
+    assert.match(flat, /; dkim=temperror .*header\.d=example\.test /);
+    assert.match(flat, /; dmarc=temperror .*header\.from=example\.test$/);
+  });
 });

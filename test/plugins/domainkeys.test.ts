@@ -70,12 +70,13 @@ async function signed(message: string, method: 'simple' | 'nofws', domain = 'exa
   return (await perlDomainKeySignature(message, domain, selector, files.path.dk!, method)) + message;
 }
 
-async function verify(raw: string | Buffer, res = resolver, memoryThreshold?: number) {
+async function verify(raw: string | Buffer, res = resolver, memoryThreshold?: number, change?: (m: SpooledMessage) => void) {
   const hooks = await loadPlugin(plugin, {}, { dns: res });
   const message = await spoolBuffer(typeof raw === 'string' ? Buffer.from(raw, 'latin1') : raw, memoryThreshold === undefined ? {} : { memoryThreshold });
   messages.push(message);
   const ctx = makeContext({ sender: 'alice@example.test' });
   await callHook(hooks, 'data_headers_end', ctx, message.headers);
+  change?.(message);
   const verdict = await callHook(hooks, 'data_post', ctx, message);
   return { verdict, dk: peekAuthNotes(ctx.txn)?.domainkeys, results: ctx.myResults(), message };
 }
@@ -119,6 +120,13 @@ describe('domainkeys: signatures by Mail::DKIM', () => {
     const unfold = (raw: string) => edit(raw, 'there\r\n\tand', 'there\tand');
     assert.equal((await verify(unfold(await signed(MSG, 'nofws')))).dk?.[0]?.result, 'pass');
     assert.equal((await verify(unfold(await signed(MSG, 'simple')))).dk?.[0]?.result, 'fail');
+  });
+
+  test('a body an earlier plugin changed (addsig\'s footer) is verified as received', async () => {
+    const raw = await signed(MSG, 'simple');
+    const r = await verify(raw, resolver, undefined, (m) => m.appendBody('-- \r\nfooter\r\n'));
+    assert.equal(r.dk?.[0]?.result, 'pass');
+    assert.match(Buffer.concat(await r.message.stream().toArray()).toString('latin1'), /-- \r\nfooter\r\n$/, 'the footer stays');
   });
 
   test('a big, 8-bit message spooled to a file verifies as well', async () => {
