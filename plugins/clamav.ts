@@ -28,7 +28,8 @@
  *   add_header: boolean      add "X-Virus-Scanned: ClamAV at <host>" to scanned mail and
  *                            "X-Virus-Scanned: Unscanned, <why>" to mail that was not, after removing
  *                            copies that came from outside (default true); with the core's `reject: false`
- *                            an infected message passes as "X-Virus-Scanned: ClamAV at <host>; infected: <name>"
+ *                            an infected message passes as "X-Virus-Scanned: ClamAV at <host>; infected: <name>",
+ *                            and one clamd failed to scan as "X-Virus-Scanned: Unscanned, clamd failed"
  *
  * Not immune by default (`immune: false`): mail from your own relay clients is
  * scanned too, since an infected workstation is exactly where viruses come from.
@@ -77,10 +78,10 @@ export default definePlugin({
           return;
         }
         if (outcome.status === 'failed') {
-          const verdict = scanFailure(ctx, opts, outcome.error, 'Virus scanner');
-          if (verdict) return verdict;
+          // Marked even when deferring: under the core's reject: false the deferral is only
+          // logged and the message goes on, unscanned.
           mark(message, unscannedValue('clamd failed'));
-          return;
+          return scanFailure(ctx, opts, outcome.error, 'Virus scanner');
         }
         const v = outcome.verdict;
         if (v.status === 'too_large') {

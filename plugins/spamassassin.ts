@@ -46,7 +46,8 @@
  * `immune: true`): SpamAssassin's scores are tuned for inbound mail and
  * misjudge mail your users submit. Set `immune: false` to scan outbound too.
  * The core's `reject: false` turns both the spam rejection and the deferral
- * for a failed scan into log-only.
+ * for a failed scan into log-only; a message that then passes unscanned is
+ * marked "X-Spam-Status: Unscanned, spamd failed" (with `mark_unscanned`).
  */
 import { hostname } from 'node:os';
 import { z } from 'zod';
@@ -165,10 +166,10 @@ export default definePlugin({
           return;
         }
         if (outcome.status === 'failed') {
-          const verdict = scanFailure(ctx, opts, outcome.error, 'Spam scanner');
-          if (verdict) return verdict;
+          // Marked even when deferring: under the core's reject: false the deferral is only
+          // logged and the message goes on, unscanned.
           markUnscanned(message, 'spamd failed');
-          return;
+          return scanFailure(ctx, opts, outcome.error, 'Spam scanner');
         }
 
         const v = outcome.verdict;

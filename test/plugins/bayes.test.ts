@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import plugin from '../../plugins/bayes';
@@ -16,6 +16,7 @@ import { callHook, loadPlugin, makeContext, memoryStore } from '../helpers/plugi
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { startProxy, writeConfig, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { startRedisServer, type RedisServer } from '../helpers/redis-server';
 
 interface CorpusMessage {
   group: string;
@@ -198,6 +199,74 @@ describe('prequeue-bayes CLI and the proxy share one store', () => {
       const delivered = downstream.messages.slice(before);
       assert.equal(delivered.length, 1, 'only the ham reached the downstream');
       assert.match(delivered[0]!.data.toString('latin1'), /^X-Bayes-Probability: 0\.\d+\r\nX-Bayes-Status: No\r\n/m);
+    } finally {
+      await t.quit();
+    }
+  });
+});
+
+describe('prequeue-bayes CLI with a Redis store: maildir and .eml directory, unlearn, the proxy', () => {
+  const CLI = resolve(__dirname, '../../src/bayes/cli.js');
+  let redis: RedisServer;
+  let dir: string;
+  let configFile: string;
+  let downstream: FakeSmtpServer;
+  let proxy: TestProxy | undefined;
+  const run = (...args: string[]) => spawnSync(process.execPath, [CLI, '--config', configFile, ...args], { encoding: 'utf8' });
+
+  before(async () => {
+    redis = await startRedisServer();
+    dir = mkdtempSync(join(tmpdir(), 'pq-bayes-redis-'));
+    // Ham as a mail client keeps it (a maildir: cur/ and new/, tmp/ ignored), spam as saved .eml files.
+    const maildir = join(dir, 'Maildir');
+    for (const d of ['cur', 'new', 'tmp']) mkdirSync(join(maildir, d), { recursive: true });
+    ham.slice(0, TRAIN).forEach((m, i) => writeFileSync(join(maildir, i % 2 ? 'cur' : 'new', `${1700000000 + i}.M${i}P1.host:2,S`), raw(m)));
+    writeFileSync(join(maildir, 'tmp', 'half-written'), raw(spam[0]!));
+    mkdirSync(join(dir, 'spam'));
+    spam.slice(0, TRAIN).forEach((m, i) => writeFileSync(join(dir, 'spam', `${i}.eml`), raw(m)));
+    writeFileSync(join(dir, 'held-spam.eml'), heldSpam);
+    configFile = writeConfig({ store: { backend: 'redis', redis: { port: redis.port } }, plugins: ['bayes'] });
+    downstream = await FakeSmtpServer.start();
+  });
+  after(async () => {
+    await proxy?.close();
+    await downstream?.close();
+    await redis?.destroy();
+  });
+
+  test('training from a maildir and a directory of .eml files; --unlearn takes it back', () => {
+    const t = run('--ham', join(dir, 'Maildir'), '--spam', join(dir, 'spam'));
+    assert.equal(t.status, 0, t.stderr);
+    assert.match(t.stdout, new RegExp(`learned ${TRAIN} messages from .*spam as spam`));
+    assert.match(t.stdout, new RegExp(`learned ${TRAIN} messages from .*Maildir as ham`), 'tmp/ is not read');
+    assert.match(t.stdout, new RegExp(`trained: ${TRAIN} spam, ${TRAIN} ham \\(.*${redis.port}`));
+    const c = run('--classify', join(dir, 'held-spam.eml'));
+    assert.equal(c.status, 0, c.stderr);
+    assert.ok(Number(c.stdout.trim().split('\t')[1]) >= 0.9, c.stdout);
+    writeFileSync(join(dir, 'mistake.eml'), raw(ham[TRAIN]!));
+    assert.equal(run('--spam', join(dir, 'mistake.eml')).status, 0);
+    assert.match(run('--stats').stdout, new RegExp(`trained: ${TRAIN + 1} spam, ${TRAIN} ham`));
+    const u = run('--unlearn', '--spam', join(dir, 'mistake.eml'));
+    assert.equal(u.status, 0, u.stderr);
+    assert.match(u.stdout, /unlearned 1 messages from .*mistake\.eml as spam/);
+    assert.match(run('--stats').stdout, new RegExp(`trained: ${TRAIN} spam, ${TRAIN} ham`));
+  });
+
+  test('over the wire: the proxy reads the Redis store and refuses a held-out spam, tags a held-out ham', async () => {
+    proxy = await startProxy({
+      mode: 'standalone',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      store: { backend: 'redis', redis: { port: redis.port } },
+      plugins: [{ bayes: { reject_probability: 0.9 } }],
+    });
+    const t = await SmtpTalk.connect(proxy.port);
+    try {
+      const before = downstream.messages.length;
+      assert.equal((await t.send('s@example.net', ['r@example.test'], heldSpam)).eod!.code, 550);
+      assert.equal((await t.send('s@example.net', ['r@example.test'], heldHam)).eod!.code, 250);
+      const delivered = downstream.messages.slice(before);
+      assert.equal(delivered.length, 1);
+      assert.match(delivered[0]!.data.toString('latin1'), /^X-Bayes-Status: No\r\n/m);
     } finally {
       await t.quit();
     }

@@ -19,6 +19,8 @@ import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { freePort } from '../helpers/postfix';
+import { sendAsPostfix } from '../helpers/dkim-keys';
+import { readSpy } from '../helpers/read-spy';
 
 const VIRUS_NAME = new RegExp(`^${EICAR_SIGNATURE}(\\.UNOFFICIAL)?$`);
 
@@ -271,6 +273,9 @@ describe('clamav over the wire', () => {
   let downstream: FakeSmtpServer;
   let proxy: TestProxy;
   let stoppedProxy: TestProxy;
+  let logOnlyProxy: TestProxy;
+  let cappedProxy: TestProxy;
+  const spy = readSpy();
 
   before(async () => {
     downstream = await FakeSmtpServer.start();
@@ -286,10 +291,23 @@ describe('clamav over the wire', () => {
       downstream: { address: `127.0.0.1:${downstream.port}` },
       plugins: [{ clamav: { server: stopped.server } }],
     });
+    logOnlyProxy = await startProxy({
+      mode: 'standalone',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      plugins: [{ clamav: { server: stopped.server, reject: false } }],
+    });
+    cappedProxy = await startProxy({
+      mode: 'postfix',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      spool: { memory_threshold: 64 * 1024 },
+      plugins: [spy.before, { clamav: { server: clamd.server, max_size: 200_000 } }, spy.after],
+    });
   });
   after(async () => {
     await proxy?.close();
     await stoppedProxy?.close();
+    await logOnlyProxy?.close();
+    await cappedProxy?.close();
     await downstream?.close();
   });
 
@@ -334,5 +352,31 @@ describe('clamav over the wire', () => {
     assert.equal(eod.code, 451);
     assert.match(`${eod.enhanced} ${eod.lines.join(' ')}`, /4\.3\.0 Virus scanner temporarily unavailable/);
     assert.equal(delivered.length, 0);
+  });
+
+  test('clamd stopped under reject: false (log only): delivered, but marked unscanned', async () => {
+    const { eod, delivered } = await send(logOnlyProxy, CLEAN);
+    assert.equal(eod.code, 250);
+    assert.equal(delivered.length, 1);
+    const text = delivered[0].data.toString('latin1');
+    assert.deepEqual(text.match(/^X-Virus-Scanned:.*$/gm), ['X-Virus-Scanned: Unscanned, clamd failed']);
+  });
+
+  test('over max_size and over spool.memory_threshold (behind Postfix): spooled to a file, never read by clamav, delivered marked and unchanged', async () => {
+    // EICAR inside: proof that it was not scanned, rather than scanned and found clean.
+    const filler = Array.from({ length: 5000 }, (_, i) => `line ${i} of a long message that no scanner should read`).join('\r\n');
+    const raw = messageWithAttachment(EICAR, 'eicar.com', filler);
+    assert.ok(raw.length > 200_000 && raw.length > 64 * 1024, `${raw.length} bytes`);
+    const before = downstream.messages.length;
+    const r = await sendAsPostfix(cappedProxy.port, { addr: '192.0.2.20', helo: 'mail.example.net', from: 'sender@example.net', to: ['alice@example.test'], message: raw });
+    assert.equal(r.eod?.code, 250);
+    const seen = spy.last();
+    assert.ok(seen?.tempPath, 'the spool kept the message in a temp file');
+    assert.deepEqual(seen.reads, [], 'clamav did not read the message');
+    const text = downstream.messages[before]!.data.toString('latin1');
+    assert.match(text, /^X-Virus-Scanned: Unscanned, message of \d+ bytes exceeds max_size 200000\r\n/);
+    assert.equal(text.slice(text.indexOf('\r\n\r\n')), raw.slice(raw.indexOf('\r\n\r\n')), 'the body is relayed unchanged');
+    const line = cappedProxy.log.lines.filter((l) => l.msg === 'transaction').at(-1)?.meta.results as Record<string, string> | undefined;
+    assert.match(line?.clamav ?? '', /skip=unscanned: message of \d+ bytes exceeds max_size 200000/);
   });
 });

@@ -20,6 +20,8 @@ import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { freePort } from '../helpers/postfix';
+import { sendAsPostfix } from '../helpers/dkim-keys';
+import { readSpy } from '../helpers/read-spy';
 
 const headerLines = (subject: string) => [
   'From: Alice Example <alice@example.net>',
@@ -306,7 +308,10 @@ describe('spamassassin over the wire', () => {
   let downstream: FakeSmtpServer;
   let proxy: TestProxy;
   let stoppedProxy: TestProxy;
+  let logOnlyProxy: TestProxy;
+  let cappedProxy: TestProxy;
   let stopped: Spamd;
+  const spy = readSpy();
 
   before(async () => {
     downstream = await FakeSmtpServer.start();
@@ -322,10 +327,23 @@ describe('spamassassin over the wire', () => {
       downstream: { address: `127.0.0.1:${downstream.port}` },
       plugins: [{ spamassassin: { server: stopped.server } }],
     });
+    logOnlyProxy = await startProxy({
+      mode: 'standalone',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      plugins: [{ spamassassin: { server: stopped.server, reject: false } }],
+    });
+    cappedProxy = await startProxy({
+      mode: 'postfix',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      spool: { memory_threshold: 64 * 1024 },
+      plugins: [spy.before, { spamassassin: { server: spamd.server, max_size: 200_000 } }, spy.after],
+    });
   });
   after(async () => {
     await proxy?.close();
     await stoppedProxy?.close();
+    await logOnlyProxy?.close();
+    await cappedProxy?.close();
     await downstream?.close();
   });
 
@@ -378,5 +396,30 @@ describe('spamassassin over the wire', () => {
     assert.equal(eod.code, 451);
     assert.match(`${eod.enhanced} ${eod.lines.join(' ')}`, /^4\.3\.0 Spam scanner temporarily unavailable/);
     assert.equal(delivered.length, 0);
+  });
+
+  test('spamd stopped under reject: false (log only): delivered, but marked unscanned', async () => {
+    const { eod, delivered } = await send(logOnlyProxy, HAM);
+    assert.equal(eod.code, 250);
+    assert.equal(delivered.length, 1);
+    const text = delivered[0].data.toString('latin1');
+    assert.deepEqual(text.match(/^X-Spam-Status:.*$/gm), ['X-Spam-Status: Unscanned, spamd failed']);
+    assert.doesNotMatch(text, /^X-Spam-Flag:/m, 'the sender\'s copy is gone, none of ours');
+  });
+
+  test('over max_size and over spool.memory_threshold (behind Postfix): spooled to a file, never read by the plugin, delivered marked and unchanged', async () => {
+    // GTUBE inside: proof that it was not scanned, rather than scanned and found clean.
+    const big = SPAM.replace(GTUBE, `${GTUBE}\r\n${('y'.repeat(900) + '\r\n').repeat(250)}`);
+    assert.ok(big.length > 200_000, `${big.length} bytes`);
+    const before = downstream.messages.length;
+    const r = await sendAsPostfix(cappedProxy.port, { addr: '192.0.2.10', helo: 'mail.example.net', from: 'alice@example.net', to: ['bob@example.test'], message: big });
+    assert.equal(r.eod?.code, 250);
+    const seen = spy.last();
+    assert.ok(seen?.tempPath, 'the spool kept the message in a temp file');
+    assert.deepEqual(seen.reads, [], 'spamassassin did not read the message');
+    const text = downstream.messages[before]!.data.toString('latin1');
+    assert.match(text, /^X-Spam-Status: Unscanned, message of \d+ bytes exceeds max_size 200000\r\n/);
+    assert.doesNotMatch(text, /^X-Spam-Flag:/m);
+    assert.equal(text.slice(text.indexOf('\r\n\r\n')), big.slice(big.indexOf('\r\n\r\n')), 'the body is relayed unchanged');
   });
 });
