@@ -158,8 +158,6 @@ export const authSchema = z
     xclient_login: z.boolean().default(true),
     /** In our Received header: "(Authenticated sender: user)" and ESMTPSA/ESMTPA (Postfix's smtpd_sasl_authenticated_header). */
     received_header: z.boolean().default(true),
-    /** Add "Authentication-Results: <hostname>; auth=pass smtp.auth=user" to authenticated mail. */
-    authentication_results: z.boolean().default(false),
   })
   .strict();
 
