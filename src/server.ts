@@ -93,6 +93,8 @@ export class ProxyServer {
     }
     this.runtime = next;
     this.smtp.trustedProxies = next.trustedProxies;
+    // A renewed certificate (or tls: added/removed) applies to every STARTTLS from now on.
+    this.smtp.setTls(next.tls);
     this.retired.add(old);
     if (old.users === 0) this.retireQuietly(old);
   }
