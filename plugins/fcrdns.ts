@@ -30,11 +30,16 @@
  * generic words; names under a TLD the PSL does not know are not looked up.
  *
  * Behind Postfix the client's verified name comes with XFORWARD NAME: a name
- * counts as forward-confirmed without a lookup; NAME=[UNAVAILABLE] counts as
- * no reverse DNS. Postfix sends [UNAVAILABLE] after a temporary lookup failure
- * too, so reject_no_rdns gives a temporary rejection there (as Postfix's own
- * reject_unknown_client_hostname does with its 450); `reject_type: perm`
- * makes it permanent.
+ * counts as forward-confirmed without a lookup (Postfix only passes a name it
+ * verified itself). NAME=[UNAVAILABLE] (or no NAME) stands for no PTR, a PTR
+ * that does not resolve back, a temporary failure, or `smtpd_peername_lookup
+ * = no` alike, so the client is then looked up here as in standalone mode.
+ * The same goes for XCLIENT NAME ([UNAVAILABLE], [TEMPUNAVAIL]).
+ *
+ * Only the client's own address family confirms it (A records for an IPv4
+ * client, AAAA for IPv6). A DNS failure never rejects outright: with
+ * `on_lookup_error: defer` it is a 4xx (4.4.3) when a reject_* option is on,
+ * otherwise the plugin has no opinion.
  *
  * Leaves `conn.notes.fcrdns` (FcrdnsNote: name, names, verified, flags) for
  * other plugins (helo reads it) and, in standalone mode, sets the client's
@@ -46,7 +51,7 @@ import { z } from 'zod';
 import { definePlugin, type HookContext } from '../src/plugin/api';
 import { declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
 import { isFailure, type DnsResolver } from '../src/dns/resolver';
-import { isHostname } from '../src/dns/names';
+import { isHostname, plainIp } from '../src/dns/names';
 import { hasKnownSuffix, normaliseHost, registrableDomain } from '../src/dns/domain';
 import { CidrList } from '../src/util/cidr';
 
@@ -137,7 +142,7 @@ interface Lookup {
 
 export function sameAddress(a: string, b: string): boolean {
   try {
-    return new CidrList([a]).contains(b);
+    return new CidrList([plainIp(a)]).contains(plainIp(b));
   } catch {
     return false;
   }
@@ -147,12 +152,15 @@ async function lookup(dns: DnsResolver, addr: string, maxNames: number, tlds: Re
   const ptr = await dns.ptr(addr);
   if (isFailure(ptr.status)) return { names: [], error: `PTR ${ptr.status}` };
   const names = [...new Set(ptr.records.map(normaliseHost))].filter((n) => isHostname(n)).slice(0, maxNames);
+  // Only the client's own family can confirm it: an IPv6 client is not judged on A records
+  // while the AAAA lookup failed.
+  const type = isIP(plainIp(addr)) === 6 ? 'AAAA' : 'A';
   // A name under an unknown TLD cannot resolve in the public DNS: it is not asked about.
-  const forward = await Promise.all(names.map((n) => (validTld(n, tlds) ? dns.addresses(n) : undefined)));
+  const forward = await Promise.all(names.map((n) => (validTld(n, tlds) ? dns.query(n, type) : undefined)));
   const verified = names.find((_, i) => forward[i]?.status === 'ok' && forward[i]!.records.some((r) => sameAddress(addr, r)));
   if (verified) return { names, verified };
   const failed = forward.findIndex((f) => f && isFailure(f.status));
-  if (failed >= 0) return { names, error: `${names[failed]} A/AAAA ${forward[failed]!.status}` };
+  if (failed >= 0) return { names, error: `${names[failed]} ${type} ${forward[failed]!.status}` };
   return { names };
 }
 
@@ -182,11 +190,7 @@ export default definePlugin({
 
     const verdict = (note: FcrdnsNote, addr: string): Verdict => {
       const f = new Set(note.flags);
-      if (f.has('no_rdns') && opts.reject_no_rdns) {
-        // Postfix's [UNAVAILABLE] may stand for its own temporary lookup failure.
-        if (note.source === 'proxy') return denysoft(`No verified reverse DNS for ${addr}`, '4.7.25');
-        return deny(`No reverse DNS for ${addr}`, '5.7.25');
-      }
+      if (f.has('no_rdns') && opts.reject_no_rdns) return deny(`No reverse DNS for ${addr}`, '5.7.25');
       if (f.has('no_fcrdns') && opts.reject_no_fcrdns) {
         return deny(`Reverse DNS of ${addr} (${note.name}) does not resolve back to it`, '5.7.25');
       }
@@ -225,9 +229,12 @@ export default definePlugin({
     return {
       async connect(ctx) {
         const c = ctx.conn.client;
-        if (c.via !== 'tcp' && opts.trust_xforward_name) {
-          const name = c.name ? normaliseHost(c.name) : undefined;
-          return judge(ctx, { names: name ? [name] : [], verified: name }, 'proxy');
+        // Postfix sends a name only when it verified it; NAME=[UNAVAILABLE] (no name, a name that
+        // does not resolve back, a lookup failure, or smtpd_peername_lookup = no) says nothing
+        // about which, so the client is looked up here like any other.
+        if (c.via !== 'tcp' && opts.trust_xforward_name && c.name) {
+          const name = normaliseHost(c.name);
+          return judge(ctx, { names: [name], verified: name }, 'proxy');
         }
         const found = await lookup(env.dns, c.addr, opts.max_names, tlds);
         if (found.error) {

@@ -222,6 +222,8 @@ export interface KarmaState {
   granted: string[];
   historyRecord?: History;
   recorded: boolean;
+  /** A relay, authenticated or allow-listed client (or sender) was seen: never judged, never recorded. */
+  protected: boolean;
 }
 
 interface CompiledRule extends KarmaRule {
@@ -264,22 +266,34 @@ export default definePlugin({
     const ttl = hist ? hist.expire_days * 86400 : 0;
     /** The state of each connection, also after a new XFORWARD client reset its notes (to record the old one). */
     const live = new WeakMap<ConnectionState, KarmaState>();
+    /**
+     * The results of every transaction of the connection: the core forgets a transaction
+     * after its reply, yet what plugins recorded after karma's hooks (spamassassin at
+     * data_post) still counts at the next hook and at disconnect.
+     */
+    const seen = new WeakMap<KarmaState, Set<Results>>();
 
     const fresh = (ctx: HookContext): KarmaState => {
-      const s: KarmaState = { addr: ctx.conn.client.addr, score: 0, history: 0, awards: 0, counted: [], granted: [], recorded: false };
+      const s: KarmaState = { addr: ctx.conn.client.addr, score: 0, history: 0, awards: 0, counted: [], granted: [], recorded: false, protected: false };
       ctx.conn.notes[ctx.name] = s;
       live.set(ctx.conn, s);
       return s;
     };
     const state = (ctx: HookContext): KarmaState => (ctx.conn.notes[ctx.name] as KarmaState | undefined) ?? fresh(ctx);
 
-    const protectedClient = (ctx: HookContext): boolean =>
+    const isProtected = (ctx: HookContext): boolean =>
       ctx.conn.relayClient ||
       !!ctx.conn.auth ||
       ctx.conn.immunity.all ||
       ctx.conn.immunity.plugins.has(ctx.name) ||
       !!ctx.txn?.immunity.all ||
       !!ctx.txn?.immunity.plugins.has(ctx.name);
+
+    const protectedClient = (ctx: HookContext): boolean => {
+      if (!isProtected(ctx)) return false;
+      state(ctx).protected = true;
+      return true;
+    };
 
     const instancesOf = (plugin: string, stores: Results[]): string[] => {
       const found = new Set<string>();
@@ -299,7 +313,10 @@ export default definePlugin({
     /** Counts every rule whose result has arrived since the last look. */
     const evaluate = (ctx: HookContext): KarmaState => {
       const s = state(ctx);
-      const stores = ctx.txn ? [ctx.conn.results, ctx.txn.results] : [ctx.conn.results];
+      let txns = seen.get(s);
+      if (!txns) seen.set(s, (txns = new Set()));
+      if (ctx.txn) txns.add(ctx.txn.results);
+      const stores = [ctx.conn.results, ...txns];
       for (const rule of rules) {
         for (const id of instancesOf(rule.plugin, stores)) {
           const key = `${rule.index}@${id}`;
@@ -384,10 +401,10 @@ export default definePlugin({
     };
 
     /** Adds the connection to the client's history (once). */
-    const record = async (s: KarmaState, relay: boolean, log: HookContext['log']) => {
+    const record = async (s: KarmaState, log: HookContext['log']) => {
       if (hist === false || s.recorded) return;
       s.recorded = true;
-      if (relay || !s.addr) return;
+      if (s.protected || !s.addr) return;
       const own = s.awards; // without the history's points
       const outcome = own > hist.good_above ? 'good' : own < hist.bad_below ? 'bad' : 'neutral';
       const a = s.addr;
@@ -413,7 +430,7 @@ export default definePlugin({
       async connect(ctx) {
         // A new client on the same connection (another XFORWARD): the previous one's connection is over.
         const previous = live.get(ctx.conn);
-        if (previous && previous !== ctx.conn.notes[ctx.name]) await record(previous, false, ctx.log);
+        if (previous && previous !== ctx.conn.notes[ctx.name]) await record(previous, ctx.log);
         const s = fresh(ctx);
         await readHistory(ctx, s);
         return act(ctx, 'connect');
@@ -438,7 +455,8 @@ export default definePlugin({
       },
       async disconnect(ctx) {
         const s = evaluate(ctx);
-        await record(s, ctx.conn.relayClient || !!ctx.conn.auth, ctx.log);
+        protectedClient(ctx);
+        await record(s, ctx.log);
       },
     };
   },
