@@ -70,6 +70,17 @@ export class Results {
     return out;
   }
 
+  /**
+   * summary() of connection and transaction results together: a plugin with
+   * results in both (earlytalker at connect and at DATA) shows both, the
+   * connection's first.
+   */
+  static mergedSummary(conn: Results, txn: Results): Record<string, string> {
+    const out = conn.summary();
+    for (const [name, text] of Object.entries(txn.summary())) out[name] = out[name] && text ? `${out[name]}; ${text}` : out[name] || text;
+    return out;
+  }
+
   clear(): void {
     this.byPlugin.clear();
   }

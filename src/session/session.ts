@@ -136,9 +136,12 @@ export class Session implements FrontendHandler {
     return this.state.mode === 'postfix' && this.trustedPeer && this.state.client.via === 'tcp';
   }
 
-  /** Connection verdicts go out at MAIL/RCPT behind Postfix (a refused greeting there is a generic 451). */
+  /**
+   * Connection verdicts go out at MAIL/RCPT behind Postfix (a refused greeting there is a generic 451),
+   * and for a client a trusted proxy described (XCLIENT/XFORWARD): the greeting has gone out already.
+   */
   private get deferConnectionVerdicts(): boolean {
-    return this.state.mode === 'postfix' || this.rt.config.deferred_rejection.connection;
+    return this.state.mode === 'postfix' || this.state.client.via !== 'tcp' || this.rt.config.deferred_rejection.connection;
   }
 
   private updateRelayClient(): void {
@@ -374,7 +377,7 @@ export class Session implements FrontendHandler {
     const { reply: refusal } = await this.decide('data');
     if (refusal) {
       await this.relay.reset();
-      this.finish(refusal, 'DATA refused');
+      await this.finish(refusal, 'DATA refused');
     }
     return refusal;
   }
@@ -505,13 +508,18 @@ export class Session implements FrontendHandler {
     return `from ${c.helo ?? 'unknown'} (${c.name ?? 'unknown'} [${addr}])${authPart} by ${this.rt.config.hostname} (prequeue) with ${proto} id ${txn.id}${forPart}; ${rfc5322Date(new Date())}`;
   }
 
-  /** Ends the transaction after its final reply: log line, spool removed. */
-  private finish(r: Reply, note: string | undefined): Reply {
+  /**
+   * Ends the transaction with its final reply: log line, reset_transaction
+   * (qpsmtpd runs it after every transaction, not only at RSET: plugins keep
+   * per-transaction state and must see each one end), spool removed.
+   */
+  private async finish(r: Reply, note: string | undefined): Promise<Reply> {
     const txn = this.txn;
     if (txn) {
       this.logTransaction(txn, r, note);
-      this.txn = undefined;
       this.txnDeferred = [];
+      if (this.rt.chain.has('reset_transaction')) await this.notify('reset_transaction');
+      this.txn = undefined;
       txn.dispose().catch((err: Error) => this.log.warn(`spool cleanup failed: ${err.message}`));
     }
     return r;
@@ -529,7 +537,7 @@ export class Session implements FrontendHandler {
       recipients: txn.recipients.map((x) => x.address).join(','),
       rejected: txn.rejected.length ? txn.rejected : undefined,
       size: txn.size,
-      results: { ...this.state.results.summary(), ...txn.results.summary() },
+      results: Results.mergedSummary(this.state.results, txn.results),
       downstream: this.relay.lastReply ? replyText(this.relay.lastReply) : undefined,
       reply: replyText(r),
       note,

@@ -168,6 +168,34 @@ describe('verdict texts', () => {
     await t.quit();
   });
 
+  test('reset_transaction fires once at the end of every transaction: delivered, refused, reset', async () => {
+    const t = await SmtpTalk.connect(proxy.port);
+    await t.cmd('EHLO x.example');
+    const resets = (): number => scripted.calls.filter((c) => c.hook === 'reset_transaction').length;
+    // Delivered: the transaction's results are still there when the hook runs.
+    let txnSeen: unknown;
+    scripted.script.reset_transaction = (ctx) => {
+      txnSeen = ctx.txn?.sender?.address;
+      return undefined;
+    };
+    assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: one\r\n\r\nok\r\n')).eod?.code, 250);
+    assert.equal(resets(), 1);
+    assert.equal(txnSeen, 'a@example.net');
+    // Refused at MAIL: that ends a transaction too.
+    scripted.script.mail = Decision.DENY;
+    assert.equal((await t.cmd('MAIL FROM:<c@example.net>')).code, 550);
+    assert.equal(resets(), 2);
+    delete scripted.script.mail;
+    // RSET after MAIL.
+    assert.equal((await t.cmd('MAIL FROM:<d@example.net>')).code, 250);
+    assert.equal((await t.cmd('RSET')).code, 250);
+    assert.equal(resets(), 3);
+    // No transaction, nothing to reset.
+    assert.equal((await t.cmd('RSET')).code, 250);
+    assert.equal(resets(), 3);
+    await t.quit();
+  });
+
   test('QUIT is always answered 221 and closes', async () => {
     scripted.script.quit = Decision.DENY;
     const t = await SmtpTalk.connect(proxy.port);
