@@ -72,6 +72,18 @@ describe('one-shot commands', () => {
     assert.match(r.stdout, /data_post: headers/);
   });
 
+  test('--check on config/mx.yaml prints the inbound MX set in its order', () => {
+    const r = run('--check', '--config', require('node:path').resolve(__dirname, '../../../config/mx.yaml'));
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /config\/mx\.yaml: OK/);
+    assert.match(r.stdout, /plugins \(\d+\):/);
+    // Exemptions first, counters, client checks, karma before greylisting, rcpt_ok last among the deciders at RCPT.
+    assert.match(r.stdout, /connect: whitelist -> dnsbl -> fcrdns -> geoip -> karma/);
+    assert.match(r.stdout, /rcpt: whitelist -> count_denies -> dnsbl -> helo -> rhsbl -> resolvable_fromhost -> karma -> greylisting -> rcpt_ok/);
+    // Verify before anything changes the message; scanners after the cheap checks.
+    assert.match(r.stdout, /data_post: karma -> headers -> spf -> dkim -> dmarc -> uribl -> clamav -> spamassassin -> bayes -> auth_results/);
+  });
+
   test('--check with overrides shows them', () => {
     const r = run('--check', '--listen', '127.0.0.1:2525', '--downstream', '127.0.0.1:2526');
     assert.equal(r.status, 0, r.stderr);

@@ -137,7 +137,7 @@ test('plugin_dirs are searched before the built-in plugins', async () => {
 });
 
 test('the shipped configs are valid and their plugins load', async () => {
-  for (const file of ['prequeue.yaml', 'example.yaml']) {
+  for (const file of ['prequeue.yaml', 'example.yaml', 'mx.yaml']) {
     const path = require('node:path').resolve(__dirname, '../../../config', file);
     const rt = await buildRuntime(loadConfigFile(path), new MemoryLogger('error'));
     assert.ok(rt.chain.plugins.length > 0, file);
