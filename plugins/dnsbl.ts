@@ -39,8 +39,9 @@
  * Verdicts: a listing is a 5xx with the message; by default at RCPT (as in
  * qpsmtpd) so a listed client can still reach postmaster and abuse — list
  * dnsbl before rcpt_ok, whose OK ends the rcpt chain. `reject_at: connect`
- * refuses at the greeting standalone (behind Postfix the core delivers it at
- * MAIL/RCPT). An allow-list hit skips the block lists and makes the client
+ * refuses at the greeting standalone (behind Postfix, and for a client a
+ * chained proxy handed over by XCLIENT, the core delivers it at MAIL/RCPT).
+ * An allow-list hit skips the block lists and makes the client
  * immune for the connection. A failed lookup is never read as "not listed":
  * it is recorded (err) and logged, and with `defer` answers 4xx unless
  * another zone lists the client; an allow list that failed while a block list

@@ -24,10 +24,11 @@
  * documentation addresses are not looked up (skip); nor is anything refused
  * that a database does not place (skip): an allow-only list refuses only
  * clients it knows to be elsewhere. A rejection is a connection verdict, so
- * Postfix mode delivers it at MAIL or RCPT; with `reject: false` the failure is
- * only recorded, for karma. What was found goes to `conn.notes.geoip` (the
- * instance name) as { country, continent, registered_country, city,
- * latitude, longitude, asn, org, distance } and into the results (details and
+ * Postfix mode (and a client handed over by XCLIENT) gets it at MAIL or RCPT;
+ * with `reject: false` the failure is only recorded, for karma. What was
+ * found goes to `conn.notes.geoip` (the instance name) as { country,
+ * continent, registered_country, city, latitude, longitude, asn, org,
+ * distance } and into the results (details and
  * a one-line `msg`).
  *
  * Database layouts are told apart by the metadata's `databaseType`:

@@ -20,6 +20,8 @@ import { DEFAULT_CAPABILITIES, FakeSmtpServer } from '../helpers/fake-smtp-serve
 import { addr, callHook, configDir, loadPlugin, makeContext, memoryLogger } from '../helpers/plugin-context';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { GTUBE, startSpamd, type Spamd } from '../helpers/spamd';
+import { connectFrom, postfixClient, transaction } from '../helpers/wire-clients';
 import { scripted } from '../fixtures/plugins/scripted';
 
 const HJP = 'hjp,peter.holzer@wsr.ac.at,wifo.at: hjp@asherah.wsr.ac.at (denysoft_greylist, spamassassin_reject_threshold=10)';
@@ -449,5 +451,120 @@ describe('aliases over the wire', () => {
       await p.close();
       await plain.close();
     }
+  });
+});
+
+// ---- end to end: the qpsmtpd example file with the real plugins that read its options ----
+
+describe('aliases end to end: real greylisting and a real spamd read the per-recipient options', () => {
+  let downstream: FakeSmtpServer;
+  let spamd: Spamd;
+  let standalone: TestProxy;
+  let postfix: TestProxy;
+  const BLACK = 1;
+  const FILE = [
+    HJP,
+    'hjp@asherah.wsr.ac.at: hjp@asherah.wsr.ac.at',
+    'anna@wsr.ac.at: anna@asherah.wsr.ac.at',
+    'listmaster@wsr.ac.at: hjp@wsr.ac.at',
+    '*@lists.wsr.ac.at: listmaster@wsr.ac.at',
+    'postmaster@: hjp@wsr.ac.at',
+    '*@loop.example: x@loop2.example',
+    '*@loop2.example: y@loop.example',
+  ].join('\n');
+  const header = (subject: string) =>
+    [
+      'From: Alice Example <alice@example.net>',
+      'To: hjp@wsr.ac.at',
+      `Subject: ${subject}`,
+      `Date: ${new Date().toUTCString()}`,
+      `Message-ID: <${Date.now()}.${subject.length}@mail.example.net>`,
+      'MIME-Version: 1.0',
+      'Content-Type: text/plain; charset=us-ascii',
+    ].join('\r\n');
+  const SPAM = `${header('cheap offer')}\r\n\r\nThis is the GTUBE, the\r\n${GTUBE}\r\n`;
+  const HAM = `${header('minutes')}\r\n\r\nHello Peter,\r\n\r\nhere are the minutes of the meeting about the garden fence.\r\n`;
+
+  before(async () => {
+    spamd = await startSpamd();
+    downstream = await FakeSmtpServer.start();
+    const dir = configDir({ aliases: FILE });
+    const config = (mode: string, extra: Record<string, unknown> = {}) => ({
+      mode,
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      store: { backend: 'sqlite', path: join(dir, `${mode}.db`) },
+      ...extra,
+      plugins: [
+        ...((extra.plugins as unknown[]) ?? []),
+        { aliases: { file: join(dir, 'aliases') } },
+        { greylisting: { black_timeout: BLACK, per_recipient: true } },
+        { spamassassin: { server: spamd.server, reject_threshold: null } },
+      ],
+    });
+    standalone = await startProxy(config('standalone'));
+    postfix = await startProxy(config('postfix', { relay_clients: ['192.0.2.30'], plugins: [{ whitelist: { hosts: ['192.0.2.31'] } }] }));
+  });
+  after(async () => {
+    await standalone?.close();
+    await postfix?.close();
+    await downstream?.close();
+    await spamd?.stop();
+  });
+
+  const run = async (t: SmtpTalk, rcpts: string[], message: string, helo?: string) => {
+    try {
+      return await transaction(t, 'alice@example.net', rcpts, { helo, message });
+    } finally {
+      await t.quit();
+    }
+  };
+  const direct = async (rcpts: string[], message = HAM) => run(await connectFrom('127.0.0.60', standalone.port), rcpts, message, 'mail.example.net');
+  const viaPostfix = async (addr: string, rcpts: string[], message = HAM) => run(await postfixClient(postfix.port, addr), rcpts, message);
+
+  test('standalone: unknown refused, the catch-all expanded recursively, a loop deferred, the opted-in recipient greylisted', async () => {
+    const before = downstream.messages.length;
+    const r = await direct(['hjp@wsr.ac.at', 'anna@wsr.ac.at', 'nobody@wsr.ac.at', 'news@lists.wsr.ac.at', 'x@loop.example']);
+    assert.deepEqual(r.rcpt, [450, 250, 550, 250, 450], r.texts.join(' | '));
+    assert.match(r.texts[2]!, /^450 4\.7\.1 Greylisted/, 'hjp opted in with denysoft_greylist');
+    assert.match(r.texts[4]!, /^550 5\.1\.1 no such user/);
+    assert.match(r.texts[6]!, /^450 4\.4\.6 Mail loop/);
+    assert.equal(r.eod, 250);
+    assert.equal(downstream.messages.length, before + 1);
+    assert.deepEqual(
+      downstream.messages.at(-1)!.rcptTo.map((x) => x.replace(/ .*/, '')),
+      ['<anna@asherah.wsr.ac.at>', '<hjp@asherah.wsr.ac.at>'],
+      '*@lists -> listmaster -> hjp -> the mailbox',
+    );
+  });
+
+  test("spamassassin_reject_threshold=10 from the file: GTUBE refused for hjp only (global threshold off); the strictest recipient wins", async () => {
+    await new Promise((r) => setTimeout(r, BLACK * 1000 + 100)); // hjp's greylisting retry window
+    const before = downstream.messages.length;
+    const toAnna = await direct(['anna@wsr.ac.at'], SPAM);
+    assert.equal(toAnna.eod, 250, `anna has no threshold of her own: ${toAnna.texts.join(' | ')}`);
+    const toHjp = await direct(['hjp@wsr.ac.at'], SPAM);
+    assert.deepEqual(toHjp.rcpt, [250], 'the retry after the black period passes greylisting');
+    assert.equal(toHjp.eod, 550, toHjp.texts.join(' | '));
+    assert.match(toHjp.texts.at(-1)!, /5\.7\.1 Message rejected as spam \(score \d+\.\d, limit 10\)/);
+    const both = await direct(['anna@wsr.ac.at', 'hjp@wsr.ac.at'], SPAM);
+    assert.equal(both.eod, 550, 'one message, one answer: the strictest recipient');
+    const ham = await direct(['hjp@wsr.ac.at'], HAM);
+    assert.equal(ham.eod, 250);
+    assert.equal(downstream.messages.length, before + 2);
+  });
+
+  test('postfix mode (XFORWARD): unknown users are refused for relay clients and whitelisted hosts too; aliases rewritten', async () => {
+    const before = downstream.messages.length;
+    for (const client of ['192.0.2.30', '192.0.2.31', '198.51.100.7']) {
+      const r = await viaPostfix(client, ['nobody@wifo.at', 'postmaster', 'anna@wsr.ac.at']);
+      assert.deepEqual(r.rcpt, [550, 250, 250], `${client}: ${r.texts.join(' | ')}`);
+      assert.equal(r.eod, 250);
+      assert.deepEqual(downstream.messages.at(-1)!.rcptTo.map((x) => x.replace(/ .*/, '')), ['<hjp@asherah.wsr.ac.at>', '<anna@asherah.wsr.ac.at>']);
+    }
+    // greylisting and spamassassin are immune-able: the relay client skips both, the stranger does not.
+    assert.equal((await viaPostfix('192.0.2.30', ['hjp@wsr.ac.at'], SPAM)).eod, 250, 'relay client: neither greylisted nor scanned');
+    const stranger = await viaPostfix('198.51.100.7', ['hjp@wsr.ac.at'], SPAM);
+    assert.deepEqual(stranger.rcpt, [450], 'opted-in recipient, new triplet');
+    assert.equal(downstream.messages.length, before + 4);
   });
 });

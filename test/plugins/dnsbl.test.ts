@@ -3,7 +3,7 @@
  * IPv6, TXT reasons, where the verdict is given, failure policy; and over the
  * wire behind "Postfix" (XFORWARD) and standalone.
  */
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import plugin from '../../plugins/dnsbl';
 import { reversedIp } from '../../src/dns/names';
@@ -13,8 +13,9 @@ import type { PluginHooks } from '../../src/plugin/api';
 import { silentDnsServer, startDnsServer, type DnsServer } from '../helpers/dns-server';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { addr, callHook, loadPlugin, makeContext, type FakeContext } from '../helpers/plugin-context';
-import { startProxy } from '../helpers/proxy';
+import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { connectFrom, pluginResults, postfixClient, transaction } from '../helpers/wire-clients';
 
 const V6 = '2001:db8::2';
 
@@ -331,5 +332,161 @@ describe('dnsbl: over the wire', () => {
       t.destroy();
       await proxy.close();
     }
+  });
+});
+
+// ---- end to end: accept, reject, defer and immunity, from a direct TCP peer and from XFORWARD ----
+
+describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both modes', () => {
+  let downstream: FakeSmtpServer;
+  let proxy: TestProxy | undefined;
+  before(async () => {
+    downstream = await FakeSmtpServer.start();
+  });
+  after(() => downstream.close());
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  const start = async (config: Record<string, unknown>): Promise<TestProxy> => {
+    proxy = await startProxy({
+      mode: 'standalone',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      dns: { servers: [dns.server], timeout: 1, tries: 1 },
+      ...config,
+    });
+    return proxy;
+  };
+  const results = (p: TestProxy, client: string): Promise<string[]> => pluginResults(p, client, 'dnsbl');
+  const MSG = 'From: <a@example.net>\r\nSubject: e2e\r\n\r\nhello\r\n';
+  const DEFER_ZONES = ['bl.test', { zone: 'broken.test', on_lookup_error: 'defer' }];
+
+  test('standalone, direct TCP peer: an unlisted peer is accepted and relayed, a listed one refused', async () => {
+    const p = await start({ plugins: [{ dnsbl: { zones: ['bl.test'], skip_private: false } }] });
+    const before = downstream.messages.length;
+    const ok = await connectFrom('127.0.0.5', p.port);
+    const r = await transaction(ok, 'a@example.net', ['user@example.test'], { helo: 'client.example.net', message: MSG });
+    assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
+    await ok.quit();
+    assert.equal(downstream.messages.length, before + 1);
+    assert.match(downstream.messages.at(-1)!.xforward.join(' '), /ADDR=127\.0\.0\.5/, 'the downstream hears which client it was');
+    assert.match((await results(p, '127.0.0.5'))[0]!, /pass=bl\.test/);
+
+    const listed = await connectFrom('127.0.0.1', p.port);
+    const l = await transaction(listed, 'a@example.net', ['user@example.test', 'postmaster@example.test'], { helo: 'client.example.net', message: MSG });
+    assert.deepEqual(l.rcpt, [550, 250], l.texts.join(' | '));
+    assert.match(l.texts[2]!, /127\.0\.0\.1 is listed in bl\.test/);
+    await listed.quit();
+    assert.deepEqual(downstream.messages.at(-1)!.rcptTo, ['<postmaster@example.test>'], 'only postmaster got it');
+    assert.match((await results(p, '127.0.0.1'))[0]!, /fail=bl\.test/);
+  });
+
+  test('standalone, direct TCP peer: a zone that fails under on_lookup_error defer gives 4xx, nothing relayed', async () => {
+    const p = await start({ plugins: [{ dnsbl: { zones: DEFER_ZONES, skip_private: false } }] });
+    const before = downstream.messages.length;
+    const t = await connectFrom('127.0.0.5', p.port);
+    const r = await transaction(t, 'a@example.net', ['user@example.test'], { helo: 'client.example.net', message: MSG });
+    assert.equal(r.rcpt[0], 450, r.texts.join(' | '));
+    assert.match(r.texts[2]!, /4\.4\.3 Could not check broken\.test/);
+    await t.quit();
+    assert.equal(downstream.messages.length, before);
+    assert.match((await results(p, '127.0.0.5'))[0]!, /err=broken\.test: servfail/);
+  });
+
+  test('standalone, direct TCP peer: relay_clients, the whitelist plugin and immune_senders make a listed peer immune', async () => {
+    const cases: { config: Record<string, unknown>; from: string }[] = [
+      { config: { relay_clients: ['127.0.0.1'] }, from: 'a@example.net' },
+      { config: { plugins: [{ whitelist: { hosts: ['127.0.0.1'] } }] }, from: 'a@example.net' },
+      { config: { immune_senders: ['@friend.example'] }, from: 'boss@friend.example' },
+    ];
+    for (const c of cases) {
+      const extra = (c.config.plugins as unknown[] | undefined) ?? [];
+      const p = await start({ ...c.config, plugins: [...extra, { dnsbl: { zones: ['bl.test'], skip_private: false } }] });
+      const before = downstream.messages.length;
+      const t = await connectFrom('127.0.0.1', p.port);
+      const r = await transaction(t, c.from, ['user@example.test'], { helo: 'client.example.net', message: MSG });
+      assert.deepEqual([r.rcpt, r.eod], [[250], 250], `${JSON.stringify(c.config)}: ${r.texts.join(' | ')}`);
+      await t.quit();
+      assert.equal(downstream.messages.length, before + 1);
+      assert.doesNotMatch((await results(p, '127.0.0.1'))[0]!, /fail=/, 'the listing is never held against it');
+      await p.close();
+      proxy = undefined;
+    }
+  });
+
+  test('postfix mode, XFORWARD: accept (relayed with the XFORWARD client), reject, defer', async () => {
+    const p = await start({ mode: 'postfix', plugins: [{ dnsbl: { zones: ['bl.test'] } }] });
+    const before = downstream.messages.length;
+    const ok = await postfixClient(p.port, '192.0.2.99');
+    const r = await transaction(ok, 'a@example.net', ['user@example.test'], { message: MSG });
+    assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
+    await ok.quit();
+    assert.equal(downstream.messages.length, before + 1);
+    assert.match(downstream.messages.at(-1)!.xforward.join(' '), /ADDR=192\.0\.2\.99/);
+
+    const bad = await postfixClient(p.port, '192.0.2.2');
+    const b = await transaction(bad, 'a@example.net', ['user@example.test'], { message: MSG });
+    assert.deepEqual(b.rcpt, [550]);
+    await bad.quit();
+    assert.equal(downstream.messages.length, before + 1);
+    await p.close();
+
+    const d = await start({ mode: 'postfix', plugins: [{ dnsbl: { zones: DEFER_ZONES } }] });
+    const unsure = await postfixClient(d.port, '192.0.2.99');
+    const u = await transaction(unsure, 'a@example.net', ['user@example.test'], { message: MSG });
+    assert.deepEqual(u.rcpt, [450], u.texts.join(' | '));
+    await unsure.quit();
+    const listed = await postfixClient(d.port, '192.0.2.2');
+    assert.deepEqual((await transaction(listed, 'a@example.net', ['user@example.test'], { message: MSG })).rcpt, [550], 'a listing elsewhere outweighs the failed zone');
+    await listed.quit();
+    assert.equal(downstream.messages.length, before + 1);
+  });
+
+  test('postfix mode, XFORWARD: relay_clients, the whitelist plugin and immune_senders make a listed client immune', async () => {
+    const cases: { config: Record<string, unknown>; from: string }[] = [
+      { config: { relay_clients: ['192.0.2.0/29'] }, from: 'a@example.net' },
+      { config: { plugins: [{ whitelist: { hosts: ['192.0.2.2'] } }] }, from: 'a@example.net' },
+      { config: { immune_senders: ['@friend.example'] }, from: 'boss@friend.example' },
+    ];
+    for (const c of cases) {
+      const extra = (c.config.plugins as unknown[] | undefined) ?? [];
+      const p = await start({ mode: 'postfix', ...c.config, plugins: [...extra, { dnsbl: { zones: ['bl.test'] } }] });
+      const t = await postfixClient(p.port, '192.0.2.2');
+      const r = await transaction(t, c.from, ['user@example.test'], { message: MSG });
+      assert.deepEqual([r.rcpt, r.eod], [[250], 250], `${JSON.stringify(c.config)}: ${r.texts.join(' | ')}`);
+      await t.quit();
+      // The next client on the same kind of connection is not immune.
+      const other = await postfixClient(p.port, '192.0.2.2');
+      const o = await transaction(other, 'a@example.net', ['user@example.test'], { message: MSG });
+      if (!c.config.immune_senders) assert.deepEqual(o.rcpt, [250], 'same client, still immune');
+      else assert.deepEqual(o.rcpt, [550], 'another sender: not immune');
+      await other.quit();
+      await p.close();
+      proxy = undefined;
+    }
+  });
+
+  test('postfix mode: an IPv6 client as Postfix sends it (XFORWARD ADDR=IPv6:...) is looked up by nibbles', async () => {
+    const p = await start({ mode: 'postfix', plugins: [{ dnsbl: { zones: ['bl.test'] } }] });
+    const listed = await postfixClient(p.port, `IPv6:${V6}`);
+    const r = await transaction(listed, 'a@example.net', ['user@example.test'], { message: MSG });
+    assert.deepEqual(r.rcpt, [550], r.texts.join(' | '));
+    assert.match(r.texts[1]!, /Your address 2001:db8::2 is listed in bl\.test: IPv6 listing/);
+    await listed.quit();
+    const other = await postfixClient(p.port, 'IPv6:2001:db8::99');
+    assert.equal((await transaction(other, 'a@example.net', ['user@example.test'], { message: MSG })).eod, 250);
+    await other.quit();
+  });
+
+  test('postfix mode: XFORWARD from an untrusted peer is refused; the TCP peer is what is looked up', async () => {
+    const p = await start({ mode: 'postfix', trusted_proxies: ['127.0.0.2'], plugins: [{ dnsbl: { zones: ['bl.test'], skip_private: false } }] });
+    const t = await SmtpTalk.connect(p.port);
+    assert.equal((await t.cmd('EHLO mx.example.test')).code, 250);
+    assert.equal((await t.cmd('XFORWARD ADDR=192.0.2.99 NAME=innocent.example')).code, 550);
+    const r = await transaction(t, 'a@example.net', ['user@example.test'], { message: MSG });
+    assert.deepEqual(r.rcpt, [550]);
+    assert.match(r.texts[1]!, /127\.0\.0\.1 is listed in bl\.test/);
+    await t.quit();
   });
 });

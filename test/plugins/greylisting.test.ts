@@ -1,4 +1,7 @@
-import { test, before, after, beforeEach } from 'node:test';
+import { test, before, after, beforeEach, describe } from 'node:test';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import plugin, { clientNetwork, clock, normalizeSender } from '../../plugins/greylisting';
 import { Decision } from '../../src/plugin/decision';
@@ -8,10 +11,11 @@ import { RedisStore } from '../../src/store/redis';
 import { SqliteStore } from '../../src/store/sqlite';
 import type { KvStore } from '../../src/store/types';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
-import { addr, callHook, makeContext, memoryStore, type FakeContext } from '../helpers/plugin-context';
-import { startProxy } from '../helpers/proxy';
+import { addr, callHook, configDir, makeContext, memoryStore, type FakeContext } from '../helpers/plugin-context';
+import { startProxy, type TestProxy } from '../helpers/proxy';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { connectFrom, postfixClient, transaction } from '../helpers/wire-clients';
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -383,4 +387,210 @@ test('greylisting over the wire, two proxies sharing Redis, defer_at data: 451 a
     await mx2.close();
     await downstream.close();
   }
+});
+
+// ---- end to end: state across restarts and instances, XFORWARD, immunity, aliases' per-recipient opt-in ----
+
+describe('greylisting end to end', () => {
+  let downstream: FakeSmtpServer;
+  const open: TestProxy[] = [];
+  before(async () => {
+    downstream = await FakeSmtpServer.start();
+  });
+  after(async () => {
+    for (const p of open.splice(0)) await p.close();
+    await downstream.close();
+  });
+  beforeEach(() => {
+    clock.now = Date.now; // the proxies run on real time, with a 1 s black period
+  });
+
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const BLACK = 1;
+  const start = async (config: Record<string, unknown>): Promise<TestProxy> => {
+    const p = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` }, ...config });
+    open.push(p);
+    return p;
+  };
+  const stop = async (p: TestProxy): Promise<void> => {
+    open.splice(open.indexOf(p), 1);
+    await p.close();
+  };
+  /** The greylisting result of each transaction logged, in order, once `count` are (refused ones are logged as the session ends). */
+  const outcomes = async (p: TestProxy, count: number): Promise<string[]> => {
+    const deadline = Date.now() + 3000;
+    const lines = () => p.log.lines.filter((l) => l.msg === 'transaction');
+    while (lines().length < count && Date.now() < deadline) await sleep(20);
+    return lines().map((l) => (l.meta.results as Record<string, string>).greylisting ?? '');
+  };
+  const MSG = 'From: <alice@sender.example>\r\nSubject: grey\r\n\r\nhello\r\n';
+  /** One standalone session from `from` (a loopback address of ours): the codes. */
+  const direct = async (p: TestProxy, rcpts: string[], from = '127.0.0.1', sender = 'alice@sender.example') => {
+    const t = await connectFrom(from, p.port);
+    try {
+      return await transaction(t, sender, rcpts, { helo: 'client.example.net', message: MSG });
+    } finally {
+      await t.quit();
+    }
+  };
+  const viaPostfix = async (p: TestProxy, addr: string, rcpts: string[]) => {
+    const t = await postfixClient(p.port, addr);
+    try {
+      return await transaction(t, 'alice@sender.example', rcpts, { message: MSG });
+    } finally {
+      await t.quit();
+    }
+  };
+
+  test('the triplet state survives a prequeue restart (SQLite file)', async () => {
+    const dbDir = mkdtempSync(join(tmpdir(), 'pq-grey-restart-'));
+    const config = {
+      store: { backend: 'sqlite', path: join(dbDir, 'pq.db') },
+      plugins: [{ greylisting: { black_timeout: BLACK, grey_timeout: 60 } }],
+    };
+    const before = downstream.messages.length;
+    const a = await start(config);
+    assert.deepEqual((await direct(a, ['bob@example.test'])).rcpt, [450]);
+    await stop(a);
+
+    const b = await start(config);
+    const early = await direct(b, ['bob@example.test']);
+    assert.deepEqual(early.rcpt, [450], 'the restarted proxy knows it is too early');
+    assert.ok(b.log.lines.some((l) => /retry too early \(attempt 2\)/.test(l.msg)), 'it counted the attempt before the restart');
+    await sleep(BLACK * 1000 + 100);
+    await stop(b);
+
+    const c = await start(config);
+    const retry = await direct(c, ['bob@example.test']);
+    assert.deepEqual([retry.rcpt, retry.eod], [[250], 250], retry.texts.join(' | '));
+    assert.deepEqual(await outcomes(c, 1), ['pass=retried'], 'a retry of the triplet recorded before the restarts, not a new one');
+    await stop(c);
+
+    const d = await start(config);
+    assert.deepEqual((await direct(d, ['bob@example.test'])).eod, 250);
+    assert.deepEqual(await outcomes(d, 1), ['pass=white']);
+    assert.equal(downstream.messages.length, before + 2);
+  });
+
+  test('two prequeue instances sharing one redis-server agree on a triplet (defer at RCPT)', async () => {
+    const config = {
+      store: { backend: 'redis', redis: { port: redis.port, prefix: 'e2e-agree:' } },
+      plugins: [{ greylisting: { black_timeout: BLACK, grey_timeout: 60 } }],
+    };
+    const a = await start(config);
+    const b = await start(config);
+    const before = downstream.messages.length;
+
+    // A defers and records; B knows it is the same triplet, too early.
+    assert.deepEqual((await direct(a, ['bob@example.test'])).rcpt, [450]);
+    assert.deepEqual((await direct(b, ['bob@example.test'])).rcpt, [450]);
+    assert.ok(b.log.lines.some((l) => /alice@sender\.example\|bob@example\.test: retry too early \(attempt 2\)/.test(l.msg)), 'B saw A\'s record');
+    // Another triplet, deferred on A only.
+    assert.deepEqual((await direct(a, ['carol@example.test'])).rcpt, [450]);
+    await sleep(BLACK * 1000 + 100);
+
+    // After the black period B accepts the retry of A's triplet...
+    const retry = await direct(b, ['bob@example.test']);
+    assert.deepEqual([retry.rcpt, retry.eod], [[250], 250]);
+    // ...and a triplet made white through A is white on B.
+    assert.deepEqual((await direct(a, ['carol@example.test'])).eod, 250);
+    assert.deepEqual((await direct(b, ['carol@example.test'])).eod, 250);
+    assert.deepEqual((await direct(a, ['bob@example.test'])).eod, 250);
+    assert.deepEqual(await outcomes(a, 4), ['fail=greylisted', 'fail=greylisted', 'pass=retried', 'pass=white']);
+    assert.deepEqual(await outcomes(b, 3), ['fail=greylisted', 'pass=retried', 'pass=white']);
+    assert.equal(downstream.messages.length, before + 4);
+  });
+
+  test('postfix mode: the triplet is the XFORWARD client network, not the TCP peer (Postfix)', async () => {
+    const p = await start({ mode: 'postfix', store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') }, plugins: [{ greylisting: { black_timeout: BLACK } }] });
+    assert.deepEqual((await viaPostfix(p, '192.0.2.10', ['bob@example.test'])).rcpt, [450]);
+    await sleep(BLACK * 1000 + 100);
+    const retry = await viaPostfix(p, '192.0.2.200', ['bob@example.test']);
+    assert.deepEqual([retry.rcpt, retry.eod], [[250], 250], 'a retry from another host of the /24 passes');
+    assert.deepEqual((await viaPostfix(p, '198.51.100.10', ['bob@example.test'])).rcpt, [450], 'another network is another triplet, though the TCP peer is the same');
+    assert.match(downstream.messages.at(-1)!.xforward.join(' '), /ADDR=192\.0\.2\.200/);
+  });
+
+  test('postfix mode: IPv6 clients (XFORWARD ADDR=IPv6:...) are grouped by /64', async () => {
+    const p = await start({ mode: 'postfix', store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') }, plugins: [{ greylisting: { black_timeout: BLACK } }] });
+    assert.deepEqual((await viaPostfix(p, 'IPv6:2001:db8:1:2::25', ['bob@example.test'])).rcpt, [450]);
+    await sleep(BLACK * 1000 + 100);
+    assert.deepEqual((await viaPostfix(p, 'IPv6:2001:db8:1:2:ffff::26', ['bob@example.test'])).eod, 250, 'same /64');
+    assert.deepEqual((await viaPostfix(p, 'IPv6:2001:db8:1:3::25', ['bob@example.test'])).rcpt, [450], 'another /64');
+  });
+
+  test('standalone mode: the triplet is the direct TCP peer network', async () => {
+    const p = await start({ store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') }, plugins: [{ greylisting: { black_timeout: BLACK } }] });
+    assert.deepEqual((await direct(p, ['bob@example.test'], '127.0.0.10')).rcpt, [450]);
+    await sleep(BLACK * 1000 + 100);
+    assert.deepEqual((await direct(p, ['bob@example.test'], '127.0.1.10')).rcpt, [450], 'another /24');
+    const retry = await direct(p, ['bob@example.test'], '127.0.0.20');
+    assert.deepEqual([retry.rcpt, retry.eod], [[250], 250], 'same /24');
+  });
+
+  test('postfix mode, defer_at data (for speed_adjust): 250 to each RCPT, one 451 at DATA, then accepted', async () => {
+    const p = await start({ mode: 'postfix', store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') }, plugins: [{ greylisting: { black_timeout: BLACK, defer_at: 'data' } }] });
+    const before = downstream.messages.length;
+    const first = await viaPostfix(p, '192.0.2.10', ['bob@example.test', 'carol@example.test']);
+    assert.deepEqual([first.rcpt, first.data], [[250, 250], 451], first.texts.join(' | '));
+    assert.match(first.texts.at(-1)!, /^451 4\.7\.1 Greylisted/);
+    assert.equal(downstream.messages.length, before, 'nothing relayed');
+    await sleep(BLACK * 1000 + 100);
+    const retry = await viaPostfix(p, '192.0.2.10', ['bob@example.test', 'carol@example.test']);
+    assert.deepEqual([retry.rcpt, retry.eod], [[250, 250], 250]);
+    assert.deepEqual(downstream.messages.at(-1)!.rcptTo, ['<bob@example.test>', '<carol@example.test>']);
+  });
+
+  test('immunity: relay clients, whitelisted clients and immune senders are never greylisted, in both modes', async () => {
+    const store = { backend: 'sqlite', path: join(configDir({}), 'pq.db') };
+    const grey = { greylisting: { black_timeout: 3600 } };
+    const s = await start({ store, relay_clients: ['127.0.0.30'], immune_senders: ['@friend.example'], plugins: [{ whitelist: { hosts: ['127.0.0.31'] } }, grey] });
+    assert.deepEqual((await direct(s, ['bob@example.test'], '127.0.0.30')).eod, 250, 'relay client');
+    assert.deepEqual((await direct(s, ['bob@example.test'], '127.0.0.31')).eod, 250, 'whitelisted host');
+    assert.deepEqual((await direct(s, ['bob@example.test'], '127.0.0.32', 'boss@friend.example')).eod, 250, 'immune sender');
+    assert.deepEqual((await direct(s, ['bob@example.test'], '127.0.0.32')).rcpt, [450], 'anyone else');
+    assert.deepEqual((await outcomes(s, 4)).map((o) => o.replace(/,.*/, '')), ['skip=rcpt: immune', 'skip=rcpt: immune', 'skip=rcpt: immune', 'fail=greylisted']);
+
+    const p = await start({ mode: 'postfix', store, relay_clients: ['192.0.2.30'], plugins: [{ whitelist: { hosts: ['192.0.2.31'] } }, grey] });
+    assert.deepEqual((await viaPostfix(p, '192.0.2.30', ['bob@example.test'])).eod, 250, 'relay client by XFORWARD ADDR');
+    assert.deepEqual((await viaPostfix(p, '192.0.2.31', ['bob@example.test'])).eod, 250, 'whitelisted by XFORWARD ADDR');
+    assert.deepEqual((await viaPostfix(p, '198.51.100.32', ['bob@example.test'])).rcpt, [450]);
+  });
+
+  test('reject: false seeds the database without deferring anything', async () => {
+    const p = await start({ store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') }, plugins: [{ greylisting: { black_timeout: 3600, reject: false } }] });
+    const r = await direct(p, ['bob@example.test'], '127.0.0.40');
+    assert.deepEqual([r.rcpt, r.eod], [[250], 250]);
+    assert.match((await outcomes(p, 1))[0]!, /fail=greylisted/, 'recorded as greylisted all the same');
+  });
+
+  test("per-recipient opt-in from the aliases file (denysoft_greylist), over SMTP", async () => {
+    const dir = configDir({
+      aliases: [
+        'careful@example.test: careful@mail.example.test (denysoft_greylist)',
+        'plain@example.test: plain@mail.example.test',
+        'vip@example.test: vip@mail.example.test (denysoft_greylist=no)',
+      ].join('\n'),
+    });
+    const store = { backend: 'sqlite', path: join(dir, 'pq.db') };
+    const aliases = { aliases: { file: join(dir, 'aliases') } };
+    const before = downstream.messages.length;
+
+    const optIn = await start({ store, plugins: [aliases, { greylisting: { black_timeout: 3600, per_recipient: true } }] });
+    const r = await direct(optIn, ['careful@example.test', 'plain@example.test', 'vip@example.test', 'nobody@example.test'], '127.0.0.50');
+    assert.deepEqual(r.rcpt, [450, 250, 250, 550], `only the opted-in recipient is greylisted; unknown ones refused: ${r.texts.join(' | ')}`);
+    assert.equal(r.eod, 250);
+    assert.deepEqual(downstream.messages.at(-1)!.rcptTo, ['<plain@mail.example.test>', '<vip@mail.example.test>']);
+
+    const optOut = await start({ store, plugins: [aliases, { greylisting: { black_timeout: 3600 } }] });
+    const o = await direct(optOut, ['careful@example.test', 'plain@example.test', 'vip@example.test'], '127.0.0.51');
+    assert.deepEqual(o.rcpt, [450, 450, 250], 'by default everyone but the opted-out recipient');
+
+    const atData = await start({ store, plugins: [aliases, { greylisting: { black_timeout: 3600, per_recipient: true, defer_at: 'data' } }] });
+    const d = await direct(atData, ['plain@example.test', 'careful@example.test'], '127.0.0.52');
+    assert.deepEqual([d.rcpt, d.data], [[250, 250], 451], 'one opted-in recipient defers the message at DATA');
+    const d2 = await direct(atData, ['plain@example.test'], '127.0.0.52');
+    assert.equal(d2.eod, 250, 'without it the message goes through');
+    assert.equal(downstream.messages.length, before + 3);
+  });
 });

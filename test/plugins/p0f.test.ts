@@ -4,7 +4,7 @@
  * addresses of its own (127.0.0.x, ::1) and asks p0f about them. Faults (p0f not
  * running, hanging, garbled answers) come from fakes on a Unix socket.
  */
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -19,6 +19,7 @@ import { startP0f, type P0fInstance } from '../helpers/p0f';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { connectFrom, pluginResults, transaction } from '../helpers/wire-clients';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -407,5 +408,77 @@ describe('p0f trouble never refuses mail', () => {
       client.close();
       await fake.close();
     }
+  });
+});
+
+// ---- end to end, standalone (p0f must see the client's own SYN): accept, reject, defer, immunity ----
+
+describe('p0f end to end over SMTP with a real p0f daemon (standalone, direct TCP peers)', () => {
+  let p0f: P0fInstance;
+  let downstream: FakeSmtpServer;
+  let proxy: TestProxy | undefined;
+  before(async () => {
+    p0f = await startP0f();
+    downstream = await FakeSmtpServer.start();
+  });
+  after(async () => {
+    await downstream?.close();
+    await p0f?.stop();
+  });
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+  const start = async (config: Record<string, unknown>, options: Record<string, unknown>, before: unknown[] = []): Promise<TestProxy> => {
+    await proxy?.close();
+    proxy = await startProxy({
+      mode: 'standalone',
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      ...config,
+      plugins: [...before, { p0f: { socket: p0f.socket, ...options } }],
+    });
+    return proxy;
+  };
+  const MSG = 'From: <a@example.net>\r\nSubject: p0f\r\n\r\nbody\r\n';
+  const session = async (p: TestProxy, from: string) => {
+    const t = await connectFrom(from, p.port);
+    const greeting = t.greeting;
+    const r = greeting.code === 220 ? await transaction(t, 'a@example.net', ['b@example.test'], { helo: 'client.example.net', message: MSG }) : undefined;
+    await t.quit();
+    return { greeting, r };
+  };
+  const p0fResult = async (p: TestProxy, client: string): Promise<string> => (await pluginResults(p, client, 'p0f')).at(-1) ?? '';
+
+  test('deny_os: a Linux client is refused at the greeting; another OS list lets it through, fingerprinted', async () => {
+    const p = await start({}, { deny_os: ['Linux'] });
+    const refused = await session(p, '127.0.0.21');
+    assert.equal(refused.greeting.code, 554, refused.greeting.lines.join(' '));
+    assert.match(refused.greeting.lines.join(' '), /Linux .* hosts are not accepted/);
+
+    const before = downstream.messages.length;
+    const q = await start({}, { deny_os: ['Windows', 'Solaris'] });
+    const ok = await session(q, '127.0.0.22');
+    assert.deepEqual([ok.greeting.code, ok.r?.eod], [220, 250]);
+    assert.equal(downstream.messages.length, before + 1);
+    assert.match(await p0fResult(q, '127.0.0.22'), /pass=/, 'the OS was found and passed');
+  });
+
+  test('held to MAIL (deferred_rejection.connection) and temporary (reject_type temp): 450 at MAIL', async () => {
+    const p = await start({ deferred_rejection: { connection: true, stage: 'mail' } }, { deny_os: ['Linux'], reject_type: 'temp' });
+    const r = await session(p, '127.0.0.23');
+    assert.equal(r.greeting.code, 220);
+    assert.equal(r.r?.mail, 450, r.r?.texts.join(' | '));
+    assert.match(r.r!.texts[1]!, /Linux/);
+  });
+
+  test('relay clients and whitelisted hosts are immune to deny_os', async () => {
+    const before = downstream.messages.length;
+    const p = await start({ relay_clients: ['127.0.0.24'] }, { deny_os: ['Linux'] }, [{ whitelist: { hosts: ['127.0.0.25'] } }]);
+    for (const client of ['127.0.0.24', '127.0.0.25']) {
+      const r = await session(p, client);
+      assert.deepEqual([r.greeting.code, r.r?.eod], [220, 250], `${client}: ${r.greeting.lines.join(' ')} ${r.r?.texts.join(' | ')}`);
+    }
+    assert.equal((await session(p, '127.0.0.26')).greeting.code, 554, 'anyone else');
+    assert.equal(downstream.messages.length, before + 2);
   });
 });

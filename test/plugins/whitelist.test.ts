@@ -17,6 +17,8 @@ import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { addr, callHook, configDir, loadPlugin, makeContext, memoryLogger } from '../helpers/plugin-context';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { startDnsServer, type DnsServer } from '../helpers/dns-server';
+import { connectFrom, pluginResults, postfixClient, transaction } from '../helpers/wire-clients';
 import { scripted } from '../fixtures/plugins/scripted';
 
 const plugins = (s: Set<string>): string[] => [...s].sort();
@@ -322,5 +324,104 @@ describe('whitelist over the wire', () => {
     assert.equal((await t.cmd('RSET')).code, 250);
     assert.equal((await t.cmd('MAIL FROM:<someone@else.example>')).code, 550);
     await t.quit();
+  });
+});
+
+// ---- end to end with the real plugins it exempts: dnsbl (real NSD) and greylisting (SQLite) ----
+
+describe('whitelist end to end with real dnsbl and greylisting: accept, reject, defer, immunity', () => {
+  let dns: DnsServer;
+  let downstream: FakeSmtpServer;
+  let proxy: TestProxy | undefined;
+  before(async () => {
+    dns = await startDnsServer({
+      'bl.test': [
+        '2.2.0.192 IN A 127.0.0.2',
+        '3.2.0.192 IN A 127.0.0.2',
+        '51.113.0.203 IN A 127.0.0.2',
+        '7.0.0.127 IN A 127.0.0.2',
+        '8.0.0.127 IN A 127.0.0.2',
+      ].join('\n'),
+    });
+    downstream = await FakeSmtpServer.start();
+  });
+  after(async () => {
+    await downstream.close();
+    await dns.stop();
+  });
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  const start = async (mode: 'postfix' | 'standalone'): Promise<TestProxy> => {
+    proxy = await startProxy({
+      mode,
+      downstream: { address: `127.0.0.1:${downstream.port}` },
+      dns: { servers: [dns.server], timeout: 1, tries: 1 },
+      store: { backend: 'sqlite', path: join(configDir({}), 'pq.db') },
+      plugins: [
+        {
+          whitelist: {
+            hosts: ['192.0.2.2', '127.0.0.7', { net: '203.0.113.0/24', plugins: ['greylisting'] }],
+            helos: ['.partner.example'],
+            senders: ['@partner.example'],
+            recipients: ['postmaster@'],
+          },
+        },
+        { dnsbl: { zones: ['bl.test'], exempt_recipients: [], skip_private: false } },
+        { greylisting: { black_timeout: 60 } },
+      ],
+    });
+    return proxy;
+  };
+  const MSG = 'From: <a@sender.example>\r\nSubject: e2e\r\n\r\nhello\r\n';
+  const greyResult = async (p: TestProxy, client: string): Promise<string | undefined> => (await pluginResults(p, client, 'greylisting')).at(-1);
+
+  test('postfix mode (XFORWARD ADDR/HELO): whitelisted host, HELO, sender and recipient accepted; others refused or greylisted', async () => {
+    const p = await start('postfix');
+    const before = downstream.messages.length;
+    const run = async (addr: string, from: string, to: string[], helo = 'client.example.net') => {
+      const t = await postfixClient(p.port, addr, helo);
+      const r = await transaction(t, from, to, { message: MSG });
+      await t.quit();
+      return r;
+    };
+    // accept: listed and new (would be greylisted), but whitelisted by address
+    const host = await run('192.0.2.2', 'a@sender.example', ['user@example.test']);
+    assert.deepEqual([host.rcpt, host.eod], [[250], 250], host.texts.join(' | '));
+    assert.match((await greyResult(p, '192.0.2.2')) ?? '', /^skip=rcpt: immune/, 'greylisting never looked at it');
+    // reject: listed, not whitelisted
+    const listed = await run('192.0.2.3', 'a@sender.example', ['user@example.test']);
+    assert.deepEqual(listed.rcpt, [550], listed.texts.join(' | '));
+    // defer: not listed, not whitelisted, new triplet
+    const grey = await run('192.0.2.99', 'a@sender.example', ['user@example.test']);
+    assert.deepEqual(grey.rcpt, [450], grey.texts.join(' | '));
+    // a whitelisted XFORWARD HELO, a whitelisted sender, a whitelisted recipient
+    assert.deepEqual((await run('192.0.2.3', 'a@sender.example', ['user@example.test'], 'mx1.partner.example')).rcpt, [250]);
+    assert.deepEqual((await run('192.0.2.3', 'boss@partner.example', ['user@example.test'])).rcpt, [250]);
+    const rcpt = await run('192.0.2.3', 'a@sender.example', ['user@example.test', 'postmaster@example.test']);
+    assert.deepEqual(rcpt.rcpt, [550, 250], 'recipient immunity is for that recipient only');
+    // named immunity: the farm skips greylisting, not the DNSBL
+    assert.deepEqual((await run('203.0.113.50', 'a@sender.example', ['user@example.test'])).rcpt, [250], 'greylisting skipped for the farm');
+    assert.deepEqual((await run('203.0.113.51', 'a@sender.example', ['user@example.test'])).rcpt, [550], 'dnsbl still applies to the farm');
+    assert.equal(downstream.messages.length, before + 5);
+  });
+
+  test('standalone mode (direct TCP peer): host and HELO immunity from the peer itself', async () => {
+    const p = await start('standalone');
+    const before = downstream.messages.length;
+    const run = async (from: string, helo = 'client.example.net') => {
+      const t = await connectFrom(from, p.port);
+      const r = await transaction(t, 'a@sender.example', ['user@example.test'], { helo, message: MSG });
+      await t.quit();
+      return r;
+    };
+    const host = await run('127.0.0.7');
+    assert.deepEqual([host.rcpt, host.eod], [[250], 250], `listed, new, but whitelisted: ${host.texts.join(' | ')}`);
+    assert.deepEqual((await run('127.0.0.8')).rcpt, [550], 'listed');
+    assert.deepEqual((await run('127.0.0.9')).rcpt, [450], 'greylisted');
+    assert.deepEqual((await run('127.0.0.8', 'mx1.partner.example')).rcpt, [250], 'whitelisted HELO');
+    assert.equal(downstream.messages.length, before + 2);
   });
 });
