@@ -54,12 +54,12 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
-import { Decision, declined, denysoft, type Verdict } from '../src/plugin/decision';
+import { declined, denysoft, type Verdict } from '../src/plugin/decision';
 import { plainIp, reversedIp } from '../src/dns/names';
 import {
   ListZone,
-  exemptRecipient,
   failureNotes,
   ignoredNotes,
   isPrivateAddress,
@@ -101,7 +101,7 @@ export default definePlugin({
     .object({
       zones: z.array(zoneSchema).min(1),
       reject_at: z.enum(['connect', 'mail', 'rcpt']).default('rcpt'),
-      exempt_recipients: z.array(z.string().min(1)).default(['postmaster', 'abuse']),
+      exempt_recipients: exemptRecipientsOption,
       message: templateSchema(PLACEHOLDERS).default('Your address {ip} is listed in {zone}: {reason}'),
       on_lookup_error: z.enum(['skip', 'defer']).default('skip'),
       skip_private: z.boolean().default(true),
@@ -226,12 +226,7 @@ export default definePlugin({
       async rcpt(ctx, rcpt) {
         if (opts.reject_at !== 'rcpt') return;
         const v = await verdictFor(ctx);
-        if (v.decision === Decision.DECLINED) return;
-        if (exempt(rcpt)) {
-          ctx.result({ skip: `rcpt ${rcpt.address}` });
-          return;
-        }
-        return v;
+        return verdictForRecipient(ctx, rcpt, v, exempt);
       },
     };
   },

@@ -70,11 +70,11 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { domainToASCII } from 'node:url';
 import { z } from 'zod';
+import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
-import { Decision, declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
+import { declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
 import { isFailure } from '../src/dns/resolver';
 import { normaliseHost, registrableDomain } from '../src/dns/domain';
-import { exemptRecipient } from '../src/dns/lists';
 import { CidrList } from '../src/util/cidr';
 import type { FcrdnsNote } from './fcrdns';
 
@@ -192,7 +192,7 @@ export default definePlugin({
       match: z.enum(['either', 'forward', 'reverse', 'both']).default('either'),
       on_dns_error: z.enum(['skip', 'defer']).default('skip'),
       reject_at: z.enum(['helo', 'mail', 'rcpt']).default('rcpt'),
-      exempt_recipients: z.array(z.string().min(1)).default(['postmaster', 'abuse']),
+      exempt_recipients: exemptRecipientsOption,
     })
     .strict(),
   async create(opts, env) {
@@ -344,12 +344,7 @@ export default definePlugin({
         const pending = verdictFor(ctx);
         if (!pending) return noHelo(ctx);
         const v = await pending;
-        if (v.decision === Decision.DECLINED) return;
-        if (exempt(rcpt)) {
-          ctx.result({ skip: `rcpt ${rcpt.address}` });
-          return;
-        }
-        return v;
+        return verdictForRecipient(ctx, rcpt, v, exempt);
       },
     };
   },

@@ -49,11 +49,11 @@
 import { isIP } from 'node:net';
 import { domainToASCII } from 'node:url';
 import { z } from 'zod';
+import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
 import { Decision, declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
 import { isFailure, type DnsAnswer } from '../src/dns/resolver';
 import { normaliseHost } from '../src/dns/domain';
-import { exemptRecipient } from '../src/dns/lists';
 import { CidrList, parseCidr } from '../src/util/cidr';
 import type { Address } from '../src/session/state';
 
@@ -107,7 +107,7 @@ export default definePlugin({
   options: z
     .object({
       reject_at: z.enum(['mail', 'rcpt']).default('rcpt'),
-      exempt_recipients: z.array(z.string().min(1)).default(['postmaster', 'abuse']),
+      exempt_recipients: exemptRecipientsOption,
       check_mx_hosts: z.boolean().default(true),
       reserved_networks: z
         .array(z.string().refine((s) => parseCidr(s) !== undefined, 'an IP address or CIDR network'))
@@ -208,12 +208,7 @@ export default definePlugin({
         const sender = ctx.txn?.sender;
         if (!sender) return;
         const v = await verdictFor(ctx, sender);
-        if (v.decision === Decision.DECLINED) return;
-        if (exempt(rcpt)) {
-          ctx.result({ skip: `rcpt ${rcpt.address}` });
-          return;
-        }
-        return v;
+        return verdictForRecipient(ctx, rcpt, v, exempt);
       },
     };
   },

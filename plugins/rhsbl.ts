@@ -32,12 +32,12 @@
  * codes, reason), err = failed zones. Needs the shared resolver (config `dns:`).
  */
 import { z } from 'zod';
+import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
-import { Decision, declined, type Verdict } from '../src/plugin/decision';
+import { declined, type Verdict } from '../src/plugin/decision';
 import { domainCandidates, headerAddressDomains } from '../src/dns/domain';
 import {
   ListZone,
-  exemptRecipient,
   failureNotes,
   ignoredNotes,
   listVerdict,
@@ -76,7 +76,7 @@ export default definePlugin({
       from_header: z.boolean().default(false),
       registrable_domain: z.boolean().default(true),
       reject_at: z.enum(['mail', 'rcpt']).default('rcpt'),
-      exempt_recipients: z.array(z.string().min(1)).default(['postmaster', 'abuse']),
+      exempt_recipients: exemptRecipientsOption,
       message: templateSchema(PLACEHOLDERS).default('{what} {domain} is listed in {zone}: {reason}'),
       on_lookup_error: z.enum(['skip', 'defer']).default('skip'),
     })
@@ -184,12 +184,7 @@ export default definePlugin({
       async rcpt(ctx, rcpt) {
         if (opts.reject_at !== 'rcpt') return;
         const v = await envelopeVerdict(ctx);
-        if (v.decision === Decision.DECLINED) return;
-        if (exempt(rcpt)) {
-          ctx.result({ skip: `rcpt ${rcpt.address}` });
-          return;
-        }
-        return v;
+        return verdictForRecipient(ctx, rcpt, v, exempt);
       },
       async data_headers_end(ctx, headers) {
         if (!opts.from_header) return;

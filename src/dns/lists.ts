@@ -286,10 +286,3 @@ const PRIVATE = new CidrList([
 export function isPrivateAddress(ip: string): boolean {
   return PRIVATE.contains(ip);
 }
-
-/** Whether a recipient is one that stays reachable from listed clients (`postmaster`, `abuse@any`, or a full address). */
-export function exemptRecipient(entries: readonly string[]): (address: { address: string; user: string }) => boolean {
-  const locals = new Set(entries.filter((e) => !e.includes('@')).map((e) => e.toLowerCase()));
-  const full = new Set(entries.filter((e) => e.includes('@')).map((e) => e.toLowerCase()));
-  return (a) => locals.has(a.user.toLowerCase()) || full.has(a.address.toLowerCase());
-}

@@ -2,6 +2,7 @@
  * The DNS list building blocks (return-code matching, lookups, templates) and
  * the domain helpers, against a real NSD.
  */
+import { exemptRecipient } from '../../src/plugin/reject-at';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
@@ -9,7 +10,6 @@ import { DnsResolver } from '../../src/dns/resolver';
 import {
   ListZone,
   cleanText,
-  exemptRecipient,
   isPrivateAddress,
   listVerdict,
   policyLookup,
