@@ -27,7 +27,7 @@ import addressparser from 'nodemailer/lib/addressparser';
 import { encode as qpEncode, wrap as qpWrap } from 'nodemailer/lib/qp';
 import { z } from 'zod';
 import { definePlugin } from '../src/plugin/api';
-import type { BodyPart, Message, MessageHeaders } from '../src/message/types';
+import type { Message, MessageHeaders } from '../src/message/types';
 import type { Address } from '../src/session/state';
 
 const CRLF = Buffer.from('\r\n');

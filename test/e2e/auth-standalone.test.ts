@@ -152,8 +152,6 @@ esac
 exit 1
 `;
 
-const MESSAGE = (from: string, to: string): string =>
-  `From: <${from}>\r\nTo: <${to}>\r\nSubject: auth test\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <${Math.random()}@example.net>\r\n\r\nhello\r\n`;
 
 let dir: string;
 let cert: TestCert;

@@ -9,7 +9,7 @@ import { authNotes, peekAuthNotes, type DkimNote, type SpfNote } from '../../src
 import type { SpooledMessage } from '../../src/message/message';
 import { spoolBuffer } from '../../src/message/spool';
 import { Decision } from '../../src/plugin/decision';
-import { dkimRecord, keyFiles, mailauthSign, rsaKey, sendAsPostfix, txt, type TestKey } from '../helpers/dkim-keys';
+import { dkimRecord, mailauthSign, rsaKey, sendAsPostfix, txt, type TestKey } from '../helpers/dkim-keys';
 import { startDnsServer, silentDnsServer, type DnsServer } from '../helpers/dns-server';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { callHook, configDir, loadPlugin, makeContext } from '../helpers/plugin-context';

@@ -41,7 +41,6 @@ function result(ctx: FakeContext, plugin: string, input: Record<string, unknown>
   (ctx.txn?.results ?? ctx.conn.results).add(plugin, input);
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('karma: score from results', () => {
   test('default rules: each plugin result adds or removes its points, once per connection and instance', async () => {
