@@ -9,6 +9,11 @@
  *   cram_md5: boolean       offer CRAM-MD5 (default false); it can only be checked for users whose
  *                           entry is `{PLAIN}` or `{CRAM-MD5}`, see below
  *   check_interval: number  seconds between looks at the file for changes (default 2)
+ *   workers: number         threads that check bcrypt, sha-crypt and argon2 hashes (default 2)
+ *   max_queued: number      checks waiting for a free thread at most (default 64); one more is
+ *                           DENYSOFT (454, try again later)
+ *   verify_timeout: number  seconds a hash check may take, waiting included (default 10); then
+ *                           DENYSOFT and the thread is replaced
  *
  * The file is in Dovecot's passwd-file style: one user a line, `user:password`,
  * any further `:`-separated fields (uid, gid, home... as Dovecot has them) are
@@ -50,22 +55,28 @@
  * leave `cram_md5` off unless the file is made for it (a warning at start
  * says when no entry can use it).
  *
- * Cleartext and CRAM-MD5 values are compared in constant time. The hash
- * checks run in this process (bcrypt, argon2 and sha-crypt are slow by
- * design, about 50-100 ms each at usual costs): the core's brute-force brake
- * (`auth.brute_force`) keeps guessing from hogging it. Never immune: a relay
- * client that authenticates must still be checked.
+ * Cleartext and CRAM-MD5 values are compared in constant time, inline. The
+ * hash checks (bcrypt, sha-crypt, argon2: slow by design, 50-100 ms at usual
+ * costs, more for argon2 with much memory) run in a small pool of worker
+ * threads (src/auth/hash-worker-pool.ts), so they never stall the other SMTP
+ * sessions of the process; the threads start at the first check and end at
+ * shutdown (reload, exit). Each argon2 thread keeps the memory its largest
+ * `m=` needed (64 MiB for m=65536). When the pool cannot answer (queue full,
+ * timeout, a crashed thread, a hash the library refuses) the result is
+ * DENYSOFT, logged, never OK. The core's brute-force brake (`auth.brute_force`)
+ * keeps guessing from filling the queue. Never immune: a relay client that
+ * authenticates must still be checked.
  *
- * Needs: `bcryptjs`, `unixcrypt`, `hash-wasm` (npm dependencies, pure JS/wasm).
+ * Needs: `bcryptjs`, `unixcrypt`, `hash-wasm` (npm dependencies, pure JS/wasm; loaded by the
+ * worker threads), node's worker_threads.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { resolve } from 'node:path';
-import bcrypt from 'bcryptjs';
-import { argon2Verify } from 'hash-wasm';
 import { z } from 'zod';
 import { cramMd5Context, cramMd5Matches, cramMd5MatchesContext } from '../src/auth/cram-md5';
+import { HashVerifyError, HashWorkerPool } from '../src/auth/hash-worker-pool';
 import { definePlugin, type AuthRequest, type HookContext } from '../src/plugin/api';
-import { declined, deny, ok, type Verdict } from '../src/plugin/decision';
+import { declined, deny, denysoft, ok, type Verdict } from '../src/plugin/decision';
 import { ReloadingFile } from '../src/util/reloading-file';
 
 type Scheme = 'bcrypt' | 'sha512-crypt' | 'sha256-crypt' | 'argon2' | 'cram-md5' | 'plain' | 'locked';
@@ -169,21 +180,16 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(h(a), h(b));
 }
 
-type UnixCrypt = { verify(plaintext: string, hash: string): boolean };
-// unixcrypt is an ES module only; TypeScript (commonjs output) would turn a plain import() into require().
-const importEsm = new Function('specifier', 'return import(specifier)') as (specifier: string) => Promise<unknown>;
-let unixcrypt: Promise<UnixCrypt> | undefined;
-
-async function verifyPassword(entry: Entry, password: string): Promise<boolean> {
+/** The slow schemes go to the worker threads; rejects with HashVerifyError when they cannot answer. */
+async function verifyPassword(pool: HashWorkerPool, entry: Entry, password: string): Promise<boolean> {
   switch (entry.scheme) {
     case 'bcrypt':
-      return bcrypt.compare(password, entry.value);
+      return pool.verify('bcrypt', password, entry.value);
     case 'sha512-crypt':
     case 'sha256-crypt':
-      unixcrypt ??= importEsm('unixcrypt') as Promise<UnixCrypt>;
-      return (await unixcrypt).verify(password, entry.value);
+      return pool.verify('sha-crypt', password, entry.value);
     case 'argon2':
-      return argon2Verify({ password, hash: entry.value });
+      return pool.verify('argon2', password, entry.value);
     case 'cram-md5':
       return sameSecret(cramMd5Context(password), entry.value);
     case 'plain':
@@ -202,6 +208,9 @@ export default definePlugin({
       cleartext: z.boolean().default(false),
       cram_md5: z.boolean().default(false),
       check_interval: z.number().positive().default(2),
+      workers: z.number().int().min(1).max(64).default(2),
+      max_queued: z.number().int().min(0).default(64),
+      verify_timeout: z.number().positive().default(10),
     })
     .strict(),
   async create(opts, env) {
@@ -211,6 +220,7 @@ export default definePlugin({
     if (opts.cram_md5 && ![...initial.values()].some((e) => e.scheme === 'plain' || e.scheme === 'cram-md5')) {
       env.log.warn(`cram_md5 is on but no entry of ${file.path} is {PLAIN} or {CRAM-MD5}: CRAM-MD5 will fail for everyone`);
     }
+    const pool = new HashWorkerPool({ size: opts.workers, maxQueued: opts.max_queued, timeoutMs: opts.verify_timeout * 1000 });
 
     const lookup = async (ctx: HookContext, req: AuthRequest): Promise<Entry | undefined> => {
       const entry = (await file.current()).get(req.user);
@@ -222,8 +232,17 @@ export default definePlugin({
       const entry = await lookup(ctx, req);
       if (!entry) return declined();
       if (req.password === undefined) return declined();
-      // Never a good password (the core refuses it first), and some hash libraries throw on it.
-      if (req.password && (await verifyPassword(entry, req.password))) {
+      let good = false;
+      try {
+        // Never a good password (the core refuses it first), and some hash libraries throw on it.
+        good = req.password !== '' && (await verifyPassword(pool, entry, req.password));
+      } catch (err) {
+        if (!(err instanceof HashVerifyError)) throw err;
+        ctx.result({ err: `${req.user}: ${entry.scheme} check failed (${err.reason})` });
+        ctx.log.warn(`${entry.scheme} check for ${req.user} (${file.path}:${entry.line}) failed: ${err.message}`);
+        return denysoft();
+      }
+      if (good) {
         ctx.result({ pass: `${req.user} (${entry.scheme})` });
         return ok();
       }
@@ -257,6 +276,7 @@ export default definePlugin({
       auth_plain: checkPassword,
       auth_login: checkPassword,
       ...(opts.cram_md5 ? { auth_cram_md5: checkCram } : {}),
+      shutdown: () => pool.close(),
     };
   },
 });

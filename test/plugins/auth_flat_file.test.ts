@@ -10,7 +10,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { argon2id, bcrypt } from 'hash-wasm';
 import plugin from '../../plugins/auth_flat_file';
@@ -213,5 +213,66 @@ describe('auth_flat_file reloads', () => {
     const errors = log.entries.filter((e) => e.level === 'error');
     assert.equal(errors.length, 1, JSON.stringify(errors));
     assert.match(errors[0]!.msg, /users:1: alice: unrecognized password hash.*keeping the previous version/s);
+  });
+});
+
+describe('auth_flat_file worker threads', () => {
+  /** A well-formed argon2id hash of m=65536 that takes seconds to check (random value: never matches). */
+  const slowArgon2 = (iterations: number): string =>
+    `$argon2id$v=19$m=65536,t=${iterations},p=1$${randomBytes(16).toString('base64').replace(/=+$/, '')}$${randomBytes(32).toString('base64').replace(/=+$/, '')}`;
+  const threadCount = (): number => readdirSync('/proc/self/task').length;
+
+  test('a full queue is DENYSOFT (never OK), with the reason in the result and the log', async () => {
+    const hash = await argon2id({ password: 'pw', salt: randomBytes(16), iterations: 2, memorySize: 65536, parallelism: 1, hashLength: 32, outputType: 'encoded' });
+    const dir = configDir({ users: `slow:${hash}\n` });
+    const hooks = await loadPlugin(plugin, { file: 'users', workers: 1, max_queued: 0 }, { configDir: dir });
+    try {
+      const first = makeContext({ name: 'auth_flat_file' });
+      const second = makeContext({ name: 'auth_flat_file' });
+      const [a, b] = await Promise.all([
+        callHook(hooks, 'auth_plain', first, { mechanism: 'PLAIN', user: 'slow', password: 'pw' }),
+        callHook(hooks, 'auth_plain', second, { mechanism: 'PLAIN', user: 'slow', password: 'pw' }),
+      ]);
+      assert.equal(a.decision, Decision.OK, 'the first has the thread');
+      assert.equal(b.decision, Decision.DENYSOFT, 'the second finds the queue full: try again later');
+      assert.match(String(second.myResults()?.err), /slow: argon2 check failed \(queue_full\)/);
+      const warned = second.log.entries;
+      assert.ok(warned.some((e) => e.level === 'warn' && /argon2 check for slow \(.*users:1\) failed: hash check queue full/.test(e.msg)), JSON.stringify(warned));
+      assert.equal(await attempt(hooks, 'PLAIN', 'slow', 'pw'), Decision.OK, 'fine again when the thread is free');
+    } finally {
+      await hooks.shutdown?.();
+    }
+  });
+
+  test('verify_timeout: a check that takes too long is DENYSOFT; inline schemes are not affected', async () => {
+    const dir = configDir({ users: `stuck:${slowArgon2(200)}\nplain:{PLAIN}pw\nquick:${opensslPasswd('6', 'pw')}\n` });
+    const hooks = await loadPlugin(plugin, { file: 'users', cleartext: true, workers: 1, verify_timeout: 0.2 }, { configDir: dir });
+    try {
+      const ctx = makeContext({ name: 'auth_flat_file' });
+      const t0 = performance.now();
+      const stuck = callHook(hooks, 'auth_login', ctx, { mechanism: 'LOGIN', user: 'stuck', password: 'pw' });
+      assert.equal(await attempt(hooks, 'PLAIN', 'plain', 'pw'), Decision.OK, '{PLAIN} is checked inline meanwhile');
+      assert.equal((await stuck).decision, Decision.DENYSOFT);
+      assert.ok(performance.now() - t0 < 2000);
+      assert.match(String(ctx.myResults()?.err), /stuck: argon2 check failed \(timeout\)/);
+      assert.equal(await attempt(hooks, 'PLAIN', 'quick', 'pw'), Decision.OK, 'a new thread after the timeout');
+    } finally {
+      await hooks.shutdown?.();
+    }
+  });
+
+  test('shutdown ends the threads; later checks are DENYSOFT, never OK; options are checked', async () => {
+    const dir = configDir({ users: `a:${opensslPasswd('6', 'pw')}\nb:${BCRYPT_VECTOR.hash}\n` });
+    const hooks = await loadPlugin(plugin, { file: 'users', workers: 2 }, { configDir: dir });
+    const base = threadCount();
+    const both = await Promise.all([attempt(hooks, 'PLAIN', 'a', 'pw'), attempt(hooks, 'PLAIN', 'b', BCRYPT_VECTOR.password)]);
+    assert.deepEqual(both, [Decision.OK, Decision.OK]);
+    assert.equal(threadCount(), base + 2, 'two worker threads started on demand');
+    await hooks.shutdown!();
+    assert.equal(threadCount(), base, 'gone after shutdown');
+    assert.equal(await attempt(hooks, 'PLAIN', 'a', 'pw'), Decision.DENYSOFT);
+    assert.throws(() => plugin.options!.parse({ file: 'x', workers: 0 }), /workers/);
+    assert.throws(() => plugin.options!.parse({ file: 'x', max_queued: -1 }), /max_queued/);
+    assert.throws(() => plugin.options!.parse({ file: 'x', verify_timeout: 0 }), /verify_timeout/);
   });
 });
