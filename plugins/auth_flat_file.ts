@@ -112,7 +112,8 @@ const TAGS: Record<string, Scheme> = {
 function detect(value: string): Scheme | undefined {
   if (BCRYPT.test(value)) return 'bcrypt';
   const sha = SHA_CRYPT.exec(value);
-  if (sha) return sha[1] === '6' ? 'sha512-crypt' : 'sha256-crypt';
+  // A truncated digest would only fail at login (the library throws): it is no hash we know.
+  if (sha && value.length - value.lastIndexOf('$') - 1 === (sha[1] === '6' ? 86 : 43)) return sha[1] === '6' ? 'sha512-crypt' : 'sha256-crypt';
   if (ARGON2.test(value)) return 'argon2';
   return undefined;
 }
@@ -125,6 +126,7 @@ function parseSecret(field: string, cleartext: boolean): Omit<Entry, 'line'> {
     const scheme = detect(field);
     if (scheme) return { scheme, value: field };
     if (/^\$1\$/.test(field)) throw new Error('md5-crypt ($1$) is not supported; use bcrypt, sha512-crypt or argon2');
+    if (SHA_CRYPT.test(field)) throw new Error('sha-crypt hash whose digest has the wrong length');
     throw new Error('unrecognized password hash (a cleartext password needs the {PLAIN} prefix and `cleartext: true`)');
   }
   const tag = tagged[1]!.toUpperCase();

@@ -129,11 +129,12 @@ describe('auth_flat_file password formats', () => {
       ' spaced:' + BCRYPT_VECTOR.hash,
       'ok:' + BCRYPT_VECTOR.hash,
       'shortcram:{CRAM-MD5}abcd',
+      'cut:$6$saltsalt$abcdef',
     ].join('\n');
     const dir = configDir({ users: text });
     await assert.rejects(loadPlugin(plugin, { file: 'users' }, { configDir: dir }), (err: Error) => {
       const lines = err.message.split('\n');
-      assert.equal(lines.length, 8, err.message);
+      assert.equal(lines.length, 9, err.message);
       assert.match(lines[0]!, /users:2: expected user:password/);
       assert.match(lines[1]!, /users:3: md5: md5-crypt \(\$1\$\) is not supported/);
       assert.match(lines[2]!, /users:4: guess: unrecognized password hash \(a cleartext password needs the \{PLAIN\} prefix/);
@@ -142,6 +143,7 @@ describe('auth_flat_file password formats', () => {
       assert.match(lines[5]!, /users:7: invalid user name/);
       assert.match(lines[6]!, /users:8: ok is already defined on line 1/);
       assert.match(lines[7]!, /users:9: shortcram: \{CRAM-MD5\} needs 64 hex digits/);
+      assert.match(lines[8]!, /users:10: cut: sha-crypt hash whose digest has the wrong length/);
       assert.doesNotMatch(err.message, /hunter2|c2VjcmV0/);
       return true;
     });
