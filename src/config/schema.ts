@@ -78,11 +78,17 @@ export const downstreamSchema = z
      */
     pool: z
       .object({
-        max_idle: z.number().int().min(0).max(1000).default(16),
+        /*
+         * Links are only made when none is idle, so busy + idle never exceeds the
+         * peak number of concurrent transactions: this cap only trims after a
+         * burst. Below the concurrency in use, links churn (connect, EHLO, QUIT):
+         * at 50 sessions 16 cost about a fifth more CPU per message than 64.
+         */
+        max_idle: z.number().int().min(0).max(1000).default(64),
         idle_timeout: z.number().positive().max(240).default(10),
       })
       .strict()
-      .default({ max_idle: 16, idle_timeout: 10 }),
+      .default({ max_idle: 64, idle_timeout: 10 }),
     timeouts: z
       .object({
         connect: downstreamSeconds(10),
@@ -224,9 +230,11 @@ export const configSchema = z
       .object({
         dir: z.string().optional(),
         memory_threshold: z.number().int().min(0).default(1048576),
+        /** Bytes all messages being received or relayed may hold in memory together; past it a message goes to a temp file even under memory_threshold. */
+        memory_budget: z.number().int().min(0).default(33554432),
       })
       .strict()
-      .default({ memory_threshold: 1048576 }),
+      .default({ memory_threshold: 1048576, memory_budget: 33554432 }),
     /** Add our own Received header: auto = only in standalone mode (Postfix already adds one). */
     received_header: z.enum(['auto', 'always', 'never']).default('auto'),
     deferred_rejection: z

@@ -5,7 +5,8 @@
  * an unedited message streams out exactly as received.
  */
 import { Readable } from 'node:stream';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { BodyPart, BodyRange, Message } from './types';
 import type { HeaderBlock } from './headers';
 import type { SpoolViolation } from './spool';
@@ -13,6 +14,23 @@ import type { SpoolViolation } from './spool';
 const CR = 0x0d;
 const LF = 0x0a;
 const READ_HIGH_WATER_MARK = 1024 * 1024;
+/*
+ * A spool file is read back in chunks of up to 1 MiB (fewer reads, writes and
+ * wake-ups: 5 MB / 10 sessions went from 0.43 to 0.56 of direct with it), but
+ * each message being relayed holds a few chunks at once (the read-ahead, the
+ * stream's buffer, the socket's queue). When many are read back at once the
+ * chunks shrink so that together they stay near READ_BACK_BUDGET.
+ */
+const READ_BACK_BUDGET = 16 * 1024 * 1024;
+const MIN_READ_CHUNK = 64 * 1024;
+let readingBack = 0;
+/** A message stream holds one chunk ahead of its reader, not a megabyte's worth of them. */
+const STREAM_HIGH_WATER_MARK = MIN_READ_CHUNK;
+
+/** The chunk size for one more file read back now. */
+export function readBackChunkSize(active = readingBack + 1): number {
+  return Math.max(MIN_READ_CHUNK, Math.min(READ_HIGH_WATER_MARK, Math.floor(READ_BACK_BUDGET / active / MIN_READ_CHUNK) * MIN_READ_CHUNK));
+}
 
 /** bodyBuffer()'s limit when none is given. */
 export const DEFAULT_BODY_BUFFER_LIMIT = 16 * 1024 * 1024;
@@ -63,7 +81,8 @@ export class MemoryStore implements SpoolStore {
     this.list = [];
   }
 
-  private slices(start: number, end: number): Buffer[] {
+  /** The bytes [start, end) as subarrays of the chunks, at once. */
+  slices(start: number, end: number): Buffer[] {
     if (this.released) throw new Error('message data was disposed');
     checkRange(start, end, this.size);
     const out: Buffer[] = [];
@@ -93,21 +112,37 @@ export class FileStore implements SpoolStore {
     readonly size: number,
   ) {}
 
+  /**
+   * Read on demand, one chunk at a time, into a new Buffer each (the reader may
+   * hold on to it): unlike a ReadStream, nothing is read ahead of the reader,
+   * so a message being relayed holds the chunk its stream buffers and the one
+   * the socket is sending, no third.
+   */
   async *chunks(start: number, end: number): AsyncGenerator<Buffer> {
     if (this.released) throw new Error('message data was disposed');
     checkRange(start, end, this.size);
     if (start === end) return;
-    const rs = createReadStream(this.path, { start, end: end - 1, highWaterMark: READ_HIGH_WATER_MARK });
-    let got = 0;
+    const size = readBackChunkSize();
+    readingBack++;
+    let fh: FileHandle | undefined;
     try {
-      for await (const c of rs) {
-        got += (c as Buffer).length;
-        yield c as Buffer;
+      fh = await fsp.open(this.path, 'r');
+      let pos = start;
+      while (pos < end) {
+        const buf = Buffer.allocUnsafe(Math.min(size, end - pos));
+        let got = 0;
+        while (got < buf.length) {
+          const { bytesRead } = await fh.read(buf, got, buf.length - got, pos + got);
+          if (bytesRead === 0) throw new Error(`spool file ${this.path} is shorter than expected`);
+          got += bytesRead;
+        }
+        pos += got;
+        yield buf;
       }
     } finally {
-      rs.destroy();
+      readingBack--;
+      await fh?.close();
     }
-    if (got !== end - start) throw new Error(`spool file ${this.path} is shorter than expected`);
   }
 
   async read(start: number, end: number): Promise<Buffer> {
@@ -261,13 +296,13 @@ export class SpooledMessage implements Message {
   bodyStream(): Readable {
     return Readable.from(this.bodyChunks(this.parts.slice(), this.bodyEdited), {
       objectMode: false,
-      highWaterMark: READ_HIGH_WATER_MARK,
+      highWaterMark: STREAM_HIGH_WATER_MARK,
     });
   }
 
   receivedBodyStream(): Readable {
     const parts: BodyPart[] = this.bodyLength > 0 ? [this.originalBody()] : [];
-    return Readable.from(this.bodyChunks(parts, false), { objectMode: false, highWaterMark: READ_HIGH_WATER_MARK });
+    return Readable.from(this.bodyChunks(parts, false), { objectMode: false, highWaterMark: STREAM_HIGH_WATER_MARK });
   }
 
   stream(): Readable {
@@ -275,12 +310,45 @@ export class SpooledMessage implements Message {
     const head = this.headers.toBuffer();
     const parts = this.parts.slice();
     const edited = this.bodyEdited;
+    if (!edited && this.store instanceof MemoryStore) return this.memoryStream(head, parts);
     const self = this;
     async function* all(): AsyncGenerator<Buffer> {
       if (head.length) yield head;
       yield* self.bodyChunks(parts, edited);
     }
-    return Readable.from(all(), { objectMode: false, highWaterMark: READ_HIGH_WATER_MARK });
+    return Readable.from(all(), { objectMode: false, highWaterMark: STREAM_HIGH_WATER_MARK });
+  }
+
+  /**
+   * An unedited message held in memory, without an async generator: one promise
+   * and a few microtasks per chunk add up at thousands of small messages a second.
+   * The bytes are taken when reading starts, as the generator does.
+   */
+  private memoryStream(head: Buffer, parts: BodyPart[]): Readable {
+    const self = this;
+    const store = this.store as MemoryStore;
+    let chunks: Buffer[] | undefined;
+    let next = 0;
+    return new Readable({
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+      read: function (this: Readable) {
+        if (!chunks) {
+          try {
+            self.checkLive();
+            chunks = head.length ? [head] : [];
+            for (const p of parts) {
+              if (Buffer.isBuffer(p)) chunks.push(p);
+              else for (const c of store.slices(self.bodyStart + p.start, self.bodyStart + p.end)) if (c.length) chunks.push(c);
+            }
+          } catch (err) {
+            this.destroy(err as Error);
+            return;
+          }
+        }
+        while (next < chunks.length) if (!this.push(chunks[next++])) return;
+        this.push(null);
+      },
+    });
   }
 
   async bodyTail(n: number): Promise<Buffer> {

@@ -51,10 +51,50 @@ export interface SpoolOptions {
   maxLineLength: number;
   /** A header block bigger than this (default 1 MiB) is a violation. */
   maxHeaderSize?: number;
+  /**
+   * What all spools of the process together may hold in memory. A number sets
+   * the limit of the process-wide budget (`spoolMemory`; the config's
+   * spool.memory_budget, so a reload changes it for every spool); a
+   * SpoolMemoryBudget of its own is for tests. Default: the process-wide one.
+   */
+  memoryBudget?: number | SpoolMemoryBudget;
 }
 
 export type SpoolViolationKind = 'oversize' | 'bare_newline' | 'nul' | 'line_length' | 'header_size';
 export type SpoolViolation = { kind: SpoolViolationKind; detail: string };
+
+/**
+ * Bytes of message data held in memory, counted across spools. Each spool holds
+ * up to memoryThreshold bytes in memory, so without a shared limit fifty large
+ * messages arriving at once would hold fifty times that: past the budget a spool
+ * goes to its temp file instead (never refused, only slower). What a spool takes
+ * is given back when it moves to a file and when it (or its message) is disposed.
+ */
+export class SpoolMemoryBudget {
+  private taken = 0;
+
+  constructor(public limit: number) {}
+
+  /** Bytes currently taken. */
+  get used(): number {
+    return this.taken;
+  }
+
+  /** Takes `n` bytes if they fit under the limit. */
+  tryTake(n: number): boolean {
+    if (this.taken + n > this.limit) return false;
+    this.taken += n;
+    return true;
+  }
+
+  give(n: number): void {
+    this.taken = Math.max(0, this.taken - n);
+  }
+}
+
+export const DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024;
+/** The budget every spool shares unless given one of its own. */
+export const spoolMemory = new SpoolMemoryBudget(DEFAULT_MEMORY_BUDGET);
 
 export const DEFAULT_SPOOL_OPTIONS: Readonly<Required<SpoolOptions>> = Object.freeze({
   maxSize: Infinity,
@@ -64,6 +104,7 @@ export const DEFAULT_SPOOL_OPTIONS: Readonly<Required<SpoolOptions>> = Object.fr
   nul: 'reject',
   maxLineLength: 0,
   maxHeaderSize: 1024 * 1024,
+  memoryBudget: spoolMemory as number | SpoolMemoryBudget,
 });
 
 const CR = 0x0d;
@@ -71,6 +112,12 @@ const LF = 0x0a;
 /** Chunks below this are copied into a shared block instead of being kept as they are. */
 const SMALL_CHUNK = 8 * 1024;
 const BLOCK_SIZE = 64 * 1024;
+/*
+ * The first block is small: most messages are a few KiB, and Buffers up to 4 KiB
+ * come from Node's shared pool, while each 64 KiB one is a separate allocation
+ * that V8 counts as external memory (more frequent GCs at thousands a second).
+ */
+const FIRST_BLOCK_SIZE = 4 * 1024;
 const FILE_HIGH_WATER_MARK = 256 * 1024;
 
 export interface Spool {
@@ -112,6 +159,10 @@ export class Spool extends Writable {
   private filePath: string | undefined;
   private fileError: Error | undefined;
   private waiting: ((err?: Error | null) => void) | undefined;
+  private readonly budget: SpoolMemoryBudget;
+  /** Bytes of `budget` this spool holds. */
+  private held = 0;
+  private blocksMade = 0;
 
   private disposed = false;
   private disposing: Promise<void> | undefined;
@@ -125,6 +176,13 @@ export class Spool extends Writable {
     if (!(o.memoryThreshold >= 0)) throw new RangeError('memoryThreshold must be >= 0');
     if (!(o.maxLineLength >= 0)) throw new RangeError('maxLineLength must be >= 0');
     if (!(o.maxHeaderSize > 0)) throw new RangeError('maxHeaderSize must be > 0');
+    if (typeof o.memoryBudget === 'number') {
+      if (!(o.memoryBudget >= 0)) throw new RangeError('memoryBudget must be >= 0');
+      spoolMemory.limit = o.memoryBudget;
+      this.budget = spoolMemory;
+    } else {
+      this.budget = o.memoryBudget;
+    }
     this.options = Object.freeze(o);
   }
 
@@ -251,10 +309,16 @@ export class Spool extends Writable {
     return this.disposing;
   }
 
+  /** Bytes of the memory budget this spool holds (0 once it went to a file or was disposed). */
+  get memoryHeld(): number {
+    return this.held;
+  }
+
   private async doDispose(): Promise<void> {
     this.disposed = true;
     this.mem = [];
     this.block = undefined;
+    this.releaseMemory();
     const ws = this.file;
     if (ws && !ws.closed) {
       await new Promise<void>((resolve) => {
@@ -453,6 +517,19 @@ export class Spool extends Writable {
   }
 
   private store(out: Buffer, callback: (error?: Error | null) => void): void {
+    if (!this.file && (this.stored > this.options.memoryThreshold || !this.reserve(this.memoryNeeded(out)))) {
+      // Over this spool's threshold, or the process's budget is spent: what is held goes to a file, and so does the rest.
+      try {
+        this.openFile();
+      } catch (err) {
+        return callback(err as Error);
+      }
+      const held = [...this.mem, ...this.takeBlock()];
+      this.mem = [];
+      this.releaseMemory();
+      for (const r of held) this.file!.write(r);
+    }
+
     let ready: Buffer[] | undefined;
     if (out.length >= SMALL_CHUNK) {
       ready = this.takeBlock();
@@ -464,7 +541,7 @@ export class Spool extends Writable {
       while (pos < out.length) {
         if (!this.block || this.blockUsed === this.block.length) {
           if (this.block) (ready ??= []).push(this.block);
-          this.block = Buffer.allocUnsafe(BLOCK_SIZE);
+          this.block = Buffer.allocUnsafe(this.nextBlockSize());
           this.blockUsed = 0;
         }
         const n = out.copy(this.block, this.blockUsed, pos);
@@ -477,15 +554,6 @@ export class Spool extends Writable {
       }
     }
 
-    if (!this.file && this.stored > this.options.memoryThreshold) {
-      try {
-        this.openFile();
-      } catch (err) {
-        return callback(err as Error);
-      }
-      ready = [...this.mem, ...this.takeBlock(), ...(ready ?? [])];
-      this.mem = [];
-    }
     if (!ready || ready.length === 0) return callback();
     if (!this.file) {
       for (const r of ready) this.mem.push(r);
@@ -500,6 +568,36 @@ export class Spool extends Writable {
       this.waiting = undefined;
       cb?.();
     });
+  }
+
+  private nextBlockSize(): number {
+    return this.blocksMade++ ? BLOCK_SIZE : FIRST_BLOCK_SIZE;
+  }
+
+  /** Memory that keeping `out` in memory would add: itself, or the new blocks it would be copied into. */
+  private memoryNeeded(out: Buffer): number {
+    if (out.length >= SMALL_CHUNK) return out.length;
+    let need = out.length - (this.block ? this.block.length - this.blockUsed : 0);
+    let size = 0;
+    let made = this.blocksMade;
+    while (need > 0) {
+      const b = made++ ? BLOCK_SIZE : FIRST_BLOCK_SIZE;
+      size += b;
+      need -= b;
+    }
+    return size;
+  }
+
+  private reserve(n: number): boolean {
+    if (n === 0) return true;
+    if (!this.budget.tryTake(n)) return false;
+    this.held += n;
+    return true;
+  }
+
+  private releaseMemory(): void {
+    this.budget.give(this.held);
+    this.held = 0;
   }
 
   /** The filled part of the current block; the rest of it stays in use. */

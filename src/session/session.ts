@@ -407,6 +407,7 @@ export class Session implements FrontendHandler {
     const spool = new Spool({
       maxSize: cfg.limits.message_size,
       memoryThreshold: cfg.spool.memory_threshold,
+      memoryBudget: cfg.spool.memory_budget,
       tmpDir: this.rt.spoolDir,
       bareNewline: cfg.data.bare_newline,
       nul: cfg.data.nul,
