@@ -72,7 +72,11 @@ export class SessionAuth {
     if (!mechanisms.length) return { mechanisms };
     if (st.auth) return { mechanisms: [], refusal: reply(503, '5.5.1', 'Already authenticated') };
     const allowed = st.tls || this.cfg.allow_insecure === 'always' || (this.cfg.allow_insecure === 'loopback' && isLoopback(st.peer.addr));
-    if (!allowed) return { mechanisms: [], refusal: reply(530, '5.7.0', 'Must issue a STARTTLS command first') };
+    if (!allowed) {
+      // Without a certificate there is no STARTTLS to point to: AUTH is just not available here.
+      if (!this.d.runtime.tls) return { mechanisms: [] };
+      return { mechanisms: [], refusal: reply(530, '5.7.0', 'Must issue a STARTTLS command first') };
+    }
     if (this.d.inTransaction()) return { mechanisms, refusal: reply(503, '5.5.1', 'AUTH not permitted during a mail transaction') };
     if (this.d.runtime.bruteForce.blocked(st.client.addr)) return { mechanisms, refusal: this.tooMany() };
     return { mechanisms };

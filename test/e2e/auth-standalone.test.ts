@@ -286,6 +286,24 @@ describe('STARTTLS and when AUTH is offered', () => {
   });
 });
 
+describe('no certificate and AUTH only over TLS', () => {
+  test('AUTH is neither advertised nor accepted, and nobody is told to use a STARTTLS that is not offered', async () => {
+    const bare = await proxy({ auth: fastBrake(), plugins: [flatFile()] });
+    const d = await Dialog.open(bare.port);
+    try {
+      const e = await d.cmd('EHLO client.example.net');
+      assert.ok(!ehloKeywords(e).includes('STARTTLS'));
+      assert.equal(authLine(e), undefined);
+      const r = await d.cmd(plain('alice', 'alice pw'));
+      assert.ok(r.code >= 500 && r.code !== 530, JSON.stringify(r));
+      assert.doesNotMatch(r.lines.join(' '), /STARTTLS/);
+      assert.equal((await d.cmd('MAIL FROM:<a@example.net>')).code, 250, 'the session goes on');
+    } finally {
+      d.destroy();
+    }
+  });
+});
+
 describe('logging in with swaks and sending', () => {
   let p: TestProxy;
   before(async () => {
