@@ -14,124 +14,15 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import tls from 'node:tls';
 import { bcrypt } from 'hash-wasm';
-import { parseReplyLines, type Reply } from '../../src/smtp/reply';
+import type { Reply } from '../../src/smtp/reply';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { createPostfix, freePort, swaks, type PostfixInstance } from '../helpers/postfix';
 import { startProxy, writeConfig, type TestProxy } from '../helpers/proxy';
+import { SmtpTalk } from '../helpers/smtp-talk';
 import { makeTestCert, type TestCert } from '../helpers/tls';
-
-/** An SMTP client that can switch to TLS mid-dialogue (STARTTLS) and bind a local address. */
-class Dialog {
-  private buf = '';
-  private lines: string[] = [];
-  private waiters: (() => void)[] = [];
-  private onData = (d: Buffer): void => {
-    this.buf += d.toString('latin1');
-    let i: number;
-    while ((i = this.buf.indexOf('\r\n')) >= 0) {
-      this.lines.push(this.buf.slice(0, i));
-      this.buf = this.buf.slice(i + 2);
-    }
-    this.wake();
-  };
-  isClosed = false;
-  greeting!: Reply;
-  tlsSocket: tls.TLSSocket | undefined;
-
-  private constructor(private socket: net.Socket) {
-    socket.on('data', this.onData);
-    socket.on('close', () => {
-      this.isClosed = true;
-      this.wake();
-    });
-    socket.on('error', () => undefined);
-  }
-
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    w.forEach((f) => f());
-  }
-
-  static async open(port: number, localAddress = '127.0.0.1'): Promise<Dialog> {
-    const socket = net.connect({ port, host: '127.0.0.1', localAddress });
-    await new Promise<void>((res, rej) => {
-      socket.once('connect', res);
-      socket.once('error', rej);
-    });
-    const d = new Dialog(socket);
-    d.greeting = await d.reply();
-    return d;
-  }
-
-  /** Lines received and not yet read as replies (complete or not). */
-  get unread(): string {
-    return [...this.lines, this.buf].join('|');
-  }
-
-  async reply(timeoutMs = 5000): Promise<Reply> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const end = this.lines.findIndex((l) => l.length < 4 || l[3] !== '-');
-      if (end >= 0) return parseReplyLines(this.lines.splice(0, end + 1));
-      if (this.isClosed) throw new Error(`connection closed while waiting for a reply${this.lines.length ? ` (partial: ${this.lines.join(' | ')})` : ''}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error('timed out waiting for a reply');
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
-  }
-
-  write(data: string): void {
-    (this.tlsSocket ?? this.socket).write(data);
-  }
-
-  async cmd(line: string): Promise<Reply> {
-    this.write(line + '\r\n');
-    return this.reply();
-  }
-
-  /** After the server's 220 to STARTTLS: the handshake, verifying the server against `ca`. */
-  async handshake(ca: string): Promise<tls.TLSSocket> {
-    this.socket.removeListener('data', this.onData);
-    const ts = tls.connect({ socket: this.socket, ca: readFileSync(ca), servername: 'localhost' });
-    await new Promise<void>((res, rej) => {
-      ts.once('secureConnect', res);
-      ts.once('error', rej);
-    });
-    ts.on('data', this.onData);
-    ts.on('error', () => undefined);
-    this.tlsSocket = ts;
-    return ts;
-  }
-
-  async starttls(ca: string): Promise<tls.TLSSocket> {
-    const r = await this.cmd('STARTTLS');
-    assert.equal(r.code, 220, JSON.stringify(r));
-    return this.handshake(ca);
-  }
-
-  async closed(ms = 3000): Promise<boolean> {
-    const until = Date.now() + ms;
-    while (!this.isClosed && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
-    return this.isClosed;
-  }
-
-  destroy(): void {
-    this.tlsSocket?.destroy();
-    this.socket.destroy();
-  }
-}
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 const plain = (user: string, password: string): string => `AUTH PLAIN ${b64(`\0${user}\0${password}`)}`;
@@ -208,7 +99,7 @@ describe('STARTTLS and when AUTH is offered', () => {
   });
 
   test('before STARTTLS: no AUTH in EHLO and AUTH gets 530; inside TLS: AUTH PLAIN LOGIN CRAM-MD5, no STARTTLS', async () => {
-    const d = await Dialog.open(p.port);
+    const d = await SmtpTalk.connect(p.port);
     try {
       const e1 = await d.cmd('EHLO client.example.net');
       assert.ok(ehloKeywords(e1).includes('STARTTLS'), JSON.stringify(e1));
@@ -233,7 +124,7 @@ describe('STARTTLS and when AUTH is offered', () => {
   });
 
   test('STARTTLS injection: a command pipelined in the same packet is discarded, never answered inside TLS', async () => {
-    const d = await Dialog.open(p.port);
+    const d = await SmtpTalk.connect(p.port);
     try {
       await d.cmd('EHLO client.example.net');
       d.write('STARTTLS\r\nRSET\r\n');
@@ -252,7 +143,7 @@ describe('STARTTLS and when AUTH is offered', () => {
       d.destroy();
     }
     // Same with an AUTH smuggled behind STARTTLS: it must not log the session in.
-    const d2 = await Dialog.open(p.port);
+    const d2 = await SmtpTalk.connect(p.port);
     try {
       await d2.cmd('EHLO client.example.net');
       d2.write(`STARTTLS\r\n${plain('alice', 'alice pw')}\r\n`);
@@ -270,7 +161,7 @@ describe('STARTTLS and when AUTH is offered', () => {
 
   test('allow_insecure: loopback offers AUTH without TLS to 127.0.0.1; CRAM-MD5 only when the plugin offers it', async () => {
     const insecure = await proxy({ auth: { allow_insecure: 'loopback', ...fastBrake() }, plugins: [flatFile()] });
-    const d = await Dialog.open(insecure.port);
+    const d = await SmtpTalk.connect(insecure.port);
     try {
       const e = await d.cmd('EHLO client.example.net');
       assert.ok(!ehloKeywords(e).includes('STARTTLS'), 'no certificate, no STARTTLS');
@@ -289,7 +180,7 @@ describe('STARTTLS and when AUTH is offered', () => {
 describe('no certificate and AUTH only over TLS', () => {
   test('AUTH is neither advertised nor accepted, and nobody is told to use a STARTTLS that is not offered', async () => {
     const bare = await proxy({ auth: fastBrake(), plugins: [flatFile()] });
-    const d = await Dialog.open(bare.port);
+    const d = await SmtpTalk.connect(bare.port);
     try {
       const e = await d.cmd('EHLO client.example.net');
       assert.ok(!ehloKeywords(e).includes('STARTTLS'));
@@ -347,7 +238,7 @@ describe('logging in with swaks and sending', () => {
     assert.notEqual(res.code, 0);
     assert.match(res.stdout, /<~\*\s+535 5\.7\.8 /);
     assert.equal(downstream.connections, connections, 'swaks gave up after 535: the downstream never heard of it');
-    const d = await Dialog.open(p.port);
+    const d = await SmtpTalk.connect(p.port);
     try {
       await d.cmd('EHLO client.example.net');
       await d.starttls(cert.ca);
@@ -373,7 +264,7 @@ describe('logging in with swaks and sending', () => {
 describe('brute-force brake', () => {
   test('after max_failures the connection is closed and AUTH from that address is refused; other addresses are not', async () => {
     const p = await proxy({ auth: { allow_insecure: 'always', ...fastBrake({ max_failures: 3 }) }, plugins: [flatFile()] });
-    const d = await Dialog.open(p.port, '127.0.0.7');
+    const d = await SmtpTalk.connect(p.port, '127.0.0.1', true, '127.0.0.7');
     try {
       await d.cmd('EHLO client.example.net');
       assert.equal((await d.cmd(plain('alice', 'x1'))).code, 535);
@@ -381,21 +272,21 @@ describe('brute-force brake', () => {
       const last = await d.cmd(plain('alice', 'x3'));
       assert.equal(last.code, 535);
       assert.match(last.lines.join(' '), /too many failures/);
-      assert.ok(await d.closed(), 'closed after the limit');
+      assert.ok(await d.closedWithin(), 'closed after the limit');
     } finally {
       d.destroy();
     }
-    const again = await Dialog.open(p.port, '127.0.0.7');
+    const again = await SmtpTalk.connect(p.port, '127.0.0.1', true, '127.0.0.7');
     try {
       await again.cmd('EHLO client.example.net');
       const r = await again.cmd(plain('alice', 'alice pw'));
       assert.equal(r.code, 421, `even the right password is refused: ${JSON.stringify(r)}`);
       assert.equal(r.enhanced, '4.7.0');
-      assert.ok(await again.closed());
+      assert.ok(await again.closedWithin());
     } finally {
       again.destroy();
     }
-    const other = await Dialog.open(p.port, '127.0.0.8');
+    const other = await SmtpTalk.connect(p.port, '127.0.0.1', true, '127.0.0.8');
     try {
       await other.cmd('EHLO client.example.net');
       assert.equal((await other.cmd(plain('alice', 'alice pw'))).code, 235);
@@ -416,7 +307,7 @@ describe('auth plugins chained', () => {
   });
 
   const login = async (user: string, password: string): Promise<Reply> => {
-    const d = await Dialog.open(p.port);
+    const d = await SmtpTalk.connect(p.port);
     try {
       await d.cmd('EHLO client.example.net');
       return await d.cmd(plain(user, password));
@@ -450,7 +341,7 @@ describe('auth plugins chained', () => {
 describe('auth.required', () => {
   test('MAIL without AUTH gets 530 5.7.0; after AUTH it goes ahead', async () => {
     const p = await proxy({ auth: { allow_insecure: 'always', required: true, ...fastBrake() }, plugins: [flatFile()] });
-    const d = await Dialog.open(p.port);
+    const d = await SmtpTalk.connect(p.port);
     try {
       await d.cmd('EHLO client.example.net');
       const r = await d.cmd('MAIL FROM:<alice@example.test>');
@@ -487,7 +378,7 @@ describe('in front of Postfix: the login reaches the MTA (XCLIENT LOGIN)', () =>
     await pf.waitForLog(/reload -- version/);
     // An smtpd started before the reload may still answer: wait until the new settings are what a client sees.
     for (let i = 0; ; i++) {
-      const d = await Dialog.open(afterPort);
+      const d = await SmtpTalk.connect(afterPort);
       const e = await d.cmd('EHLO probe.example.net');
       await d.cmd('QUIT').catch(() => undefined);
       d.destroy();
@@ -550,7 +441,7 @@ describe('SIGHUP serves a renewed certificate', () => {
       }
     };
     const fingerprint = async (ca: string): Promise<string> => {
-      const d = await Dialog.open(port);
+      const d = await SmtpTalk.connect(port);
       try {
         await d.cmd('EHLO client.example.net');
         const ts = await d.starttls(ca);

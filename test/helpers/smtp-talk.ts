@@ -2,7 +2,9 @@
  * A raw SMTP client for tests: sends exactly the bytes a test wants (bare LF,
  * NUL, pipelined commands, half a line) and reads replies as they come.
  */
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { parseReplyLines, type Reply } from '../../src/smtp/reply';
 
 export class SmtpTalk {
@@ -13,17 +15,21 @@ export class SmtpTalk {
   isClosed = false;
   greeting!: Reply;
 
+  /** Set by handshake(): from then on the dialogue goes through it. */
+  tlsSocket: tls.TLSSocket | undefined;
+  private readonly onData = (d: Buffer): void => {
+    this.buf += d.toString('latin1');
+    let i: number;
+    while ((i = this.buf.indexOf('\r\n')) >= 0) {
+      this.lines.push(this.buf.slice(0, i));
+      this.buf = this.buf.slice(i + 2);
+    }
+    this.wake();
+  };
+
   private constructor(readonly socket: net.Socket) {
     socket.setNoDelay(true);
-    socket.on('data', (d) => {
-      this.buf += d.toString('latin1');
-      let i: number;
-      while ((i = this.buf.indexOf('\r\n')) >= 0) {
-        this.lines.push(this.buf.slice(0, i));
-        this.buf = this.buf.slice(i + 2);
-      }
-      this.wake();
-    });
+    socket.on('data', this.onData);
     this.closed = new Promise((resolve) =>
       socket.on('close', () => {
         this.isClosed = true;
@@ -40,8 +46,9 @@ export class SmtpTalk {
     w.forEach((f) => f());
   }
 
-  static async connect(port: number, host = '127.0.0.1', readGreeting = true): Promise<SmtpTalk> {
-    const socket = net.connect(port, host);
+  /** `localAddress`: the source address (127.0.0.x), for checks keyed on the client address. */
+  static async connect(port: number, host = '127.0.0.1', readGreeting = true, localAddress?: string): Promise<SmtpTalk> {
+    const socket = net.connect({ port, host, localAddress });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
@@ -70,8 +77,40 @@ export class SmtpTalk {
     }
   }
 
+  /** Lines received and not yet read as replies, complete or not, joined with '|'. */
+  get unread(): string {
+    return [...this.lines, this.buf].join('|');
+  }
+
   write(data: string | Buffer): void {
-    this.socket.write(data);
+    (this.tlsSocket ?? this.socket).write(data);
+  }
+
+  /** After the server's 220 to STARTTLS: the TLS handshake, verifying the server against the CA file `ca`. */
+  async handshake(ca: string): Promise<tls.TLSSocket> {
+    this.socket.removeListener('data', this.onData);
+    const ts = tls.connect({ socket: this.socket, ca: readFileSync(ca), servername: 'localhost' });
+    await new Promise<void>((resolve, reject) => {
+      ts.once('secureConnect', resolve);
+      ts.once('error', reject);
+    });
+    ts.on('data', this.onData);
+    ts.on('error', () => undefined);
+    this.tlsSocket = ts;
+    return ts;
+  }
+
+  /** STARTTLS (which must get 220) and the handshake. */
+  async starttls(ca: string): Promise<tls.TLSSocket> {
+    const r = await this.cmd('STARTTLS');
+    if (r.code !== 220) throw new Error(`STARTTLS refused: ${r.code} ${r.lines.join(' ')}`);
+    return this.handshake(ca);
+  }
+
+  /** Whether the server closed the connection within `ms`. */
+  async closedWithin(ms = 3000): Promise<boolean> {
+    await Promise.race([this.closed, new Promise((r) => setTimeout(r, ms))]);
+    return this.isClosed;
   }
 
   async cmd(line: string, timeoutMs?: number): Promise<Reply> {
@@ -104,6 +143,7 @@ export class SmtpTalk {
   }
 
   destroy(): void {
+    this.tlsSocket?.destroy();
     this.socket.destroy();
   }
 }
