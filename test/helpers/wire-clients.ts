@@ -14,20 +14,11 @@
  *   client).
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { SmtpTalk } from './smtp-talk';
 
 /** An SmtpTalk whose socket comes from `localAddress`; the greeting is read. */
-export async function connectFrom(localAddress: string, port: number): Promise<SmtpTalk> {
-  const socket = net.connect({ port, host: '127.0.0.1', localAddress });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
-  const Ctor = SmtpTalk as unknown as new (s: net.Socket) => SmtpTalk;
-  const t = new Ctor(socket);
-  t.greeting = await t.reply();
-  return t;
+export function connectFrom(localAddress: string, port: number): Promise<SmtpTalk> {
+  return SmtpTalk.connect(port, '127.0.0.1', true, localAddress);
 }
 
 /** Postfix's side of a before-queue filter connection for client `addr` (EHLO + XFORWARD, both asserted 250). */

@@ -6,7 +6,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import plugin, { NOTE_KEY, embedsIp, isGeneric, GENERIC_WORDS, type FcrdnsNote } from '../../plugins/fcrdns';
 import { DnsResolver } from '../../src/dns/resolver';
 import { reverseName } from '../../src/dns/names';
@@ -17,6 +16,7 @@ import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { callHook, loadPlugin, makeContext, type FakeContext } from '../helpers/plugin-context';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { connectFrom } from '../helpers/wire-clients';
 
 const V6_ZONE = '8.b.d.0.1.0.0.2.ip6.arpa';
 /** The owner name of an IPv6 address's PTR record, relative to V6_ZONE. */
@@ -256,19 +256,6 @@ describe('fcrdns: XFORWARD NAME behind Postfix', () => {
 });
 
 // ---- over SMTP ----
-
-/** An SmtpTalk whose socket comes from a chosen loopback address (127.0.0.0/8 is all ours on Linux). */
-async function connectFrom(localAddress: string, port: number): Promise<SmtpTalk> {
-  const socket = net.connect({ port, host: '127.0.0.1', localAddress });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
-  const Ctor = SmtpTalk as unknown as new (s: net.Socket) => SmtpTalk;
-  const t = new Ctor(socket);
-  t.greeting = await t.reply();
-  return t;
-}
 
 describe('fcrdns over SMTP (standalone)', () => {
   let downstream: FakeSmtpServer;

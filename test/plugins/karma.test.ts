@@ -8,7 +8,6 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import net from 'node:net';
 import { join } from 'node:path';
 import plugin, { clock, historyPoints, type KarmaState } from '../../plugins/karma';
 import type { KvStore } from '../../src/store/types';
@@ -21,6 +20,7 @@ import { addr, callHook, loadPlugin, makeContext, memoryStore, type FakeContext 
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { startRedisServer, type RedisServer } from '../helpers/redis-server';
 import { SmtpTalk } from '../helpers/smtp-talk';
+import { connectFrom } from '../helpers/wire-clients';
 
 const NO_TARPIT = { tarpit: false };
 
@@ -365,19 +365,6 @@ describe('karma: history in a real Redis', () => {
 });
 
 // ---- over SMTP through prequeue ----
-
-/** An SmtpTalk whose socket comes from a chosen loopback address (127.0.0.0/8 is all ours on Linux). */
-async function connectFrom(localAddress: string, port: number): Promise<SmtpTalk> {
-  const socket = net.connect({ port, host: '127.0.0.1', localAddress });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
-  const Ctor = SmtpTalk as unknown as new (s: net.Socket) => SmtpTalk;
-  const t = new Ctor(socket);
-  t.greeting = await t.reply();
-  return t;
-}
 
 describe('karma over SMTP', () => {
   let downstream: FakeSmtpServer;
