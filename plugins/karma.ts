@@ -10,7 +10,7 @@
  * and gives points. A rule counts once per connection and matching plugin
  * instance, as soon as the result is there: the score is brought up to date
  * at every hook karma has (connect, helo/ehlo, mail, rcpt, data, data_post,
- * disconnect) and whenever any plugin rejects something (deny meta-hook),
+ * reset_transaction, disconnect) and whenever any plugin rejects something (deny meta-hook),
  * which also adds `rejection_points`. The client's history adds its points
  * at connect. The score is in conn.notes.karma (`score`, `history`,
  * `awards`), each award in karma's results (pass for points, fail for
@@ -266,12 +266,6 @@ export default definePlugin({
     const ttl = hist ? hist.expire_days * 86400 : 0;
     /** The state of each connection, also after a new XFORWARD client reset its notes (to record the old one). */
     const live = new WeakMap<ConnectionState, KarmaState>();
-    /**
-     * The results of every transaction of the connection: the core forgets a transaction
-     * after its reply, yet what plugins recorded after karma's hooks (spamassassin at
-     * data_post) still counts at the next hook and at disconnect.
-     */
-    const seen = new WeakMap<KarmaState, Set<Results>>();
 
     const fresh = (ctx: HookContext): KarmaState => {
       const s: KarmaState = { addr: ctx.conn.client.addr, score: 0, history: 0, awards: 0, counted: [], granted: [], recorded: false, protected: false };
@@ -313,10 +307,7 @@ export default definePlugin({
     /** Counts every rule whose result has arrived since the last look. */
     const evaluate = (ctx: HookContext): KarmaState => {
       const s = state(ctx);
-      let txns = seen.get(s);
-      if (!txns) seen.set(s, (txns = new Set()));
-      if (ctx.txn) txns.add(ctx.txn.results);
-      const stores = [ctx.conn.results, ...txns];
+      const stores = ctx.txn ? [ctx.conn.results, ctx.txn.results] : [ctx.conn.results];
       for (const rule of rules) {
         for (const id of instancesOf(rule.plugin, stores)) {
           const key = `${rule.index}@${id}`;
@@ -444,6 +435,11 @@ export default definePlugin({
         const v = await act(ctx, 'data_post');
         ctx.result({ msg: `score ${state(ctx).score}` });
         return v;
+      },
+      // What plugins listed after karma recorded at the end of a transaction (spamassassin at
+      // data_post) is counted here, while the transaction's results are still there.
+      reset_transaction(ctx) {
+        evaluate(ctx);
       },
       deny(ctx, info) {
         if (info.plugin === ctx.name) return;

@@ -93,8 +93,10 @@ describe('karma: score from results', () => {
     const hooks = await load({ ...NO_TARPIT, history: { min_connections: 1 } });
     const ctx = await connect(hooks, '192.0.2.77', { sender: 'a@example.net' });
     await callHook(hooks, 'data_post', ctx, undefined as never);
-    // spamassassin, listed after karma, records its verdict; then the transaction ends (the core forgets it).
+    // spamassassin, listed after karma, records its verdict; then the transaction ends: the core
+    // runs reset_transaction while it still has the transaction, then forgets it.
     result(ctx, 'spamassassin', { fail: 'score 12' });
+    await callHook(hooks, 'reset_transaction', ctx);
     ctx.txn = undefined;
     await callHook(hooks, 'disconnect', ctx);
     assert.equal(karma(ctx).score, -4);
