@@ -546,15 +546,11 @@ export class Session implements FrontendHandler {
     });
   }
 
+  /** A transaction that ends without a final reply of its own (RSET, a new MAIL, STARTTLS, the client gone). */
   private async endTransaction(why: 'reset' | 'disconnect'): Promise<void> {
-    const txn = this.txn;
-    if (!txn) return;
-    await this.notify('reset_transaction');
+    if (!this.txn) return;
     await this.relay.reset();
-    this.logTransaction(txn, reply(0, undefined, why), why);
-    this.txn = undefined;
-    this.txnDeferred = [];
-    await txn.dispose();
+    await this.finish(reply(0, undefined, why), why);
   }
 
   // ---- other commands ----
