@@ -68,13 +68,12 @@
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
-import { domainToASCII } from 'node:url';
 import { z } from 'zod';
 import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
 import { declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
 import { isFailure } from '../src/dns/resolver';
-import { normaliseHost, registrableDomain } from '../src/dns/domain';
+import { asciiDomain, isMailDomain, normaliseHost, registrableDomain } from '../src/dns/domain';
 import { CidrList } from '../src/util/cidr';
 import type { FcrdnsNote } from './fcrdns';
 
@@ -146,24 +145,6 @@ function sameAddress(a: string, b: string): boolean {
 function literalAddress(helo: string): string | undefined {
   const inner = helo.slice(1, -1).replace(/^ipv6:/i, '');
   return isIP(inner) ? inner : undefined;
-}
-
-/**
- * The ASCII (A-label) form of a domain, '' when it cannot be one. Only
- * non-ASCII names go through the URL parser, and nothing it would read as
- * a URL delimiter: `good.example/x` must not come out as `good.example`.
- */
-function asciiDomain(name: string): string {
-  if (!/[^\x00-\x7f]/.test(name)) return name.toLowerCase();
-  if (/[\s/\\?#@:%[\]<>"']/.test(name)) return '';
-  return domainToASCII(name);
-}
-
-/** RFC 5321's Domain: LDH labels of at most 63, at most 253 in all; a numeric last label would be an IP. */
-function validDomain(name: string): boolean {
-  if (!name || name.length > 253) return false;
-  const labels = name.split('.');
-  return labels.every((l) => /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(l)) && !/^[0-9]+$/.test(labels[labels.length - 1]!);
 }
 
 /** What the checks leave in conn.notes[<instance>]. */
@@ -256,7 +237,7 @@ export default definePlugin({
         }
       }
       if (enabled.has('address_literal') && (bracketed || plainIp)) failed('address_literal', 'address literals are not accepted here, use your host name');
-      const fqdn = !!name && name.includes('.') && validDomain(name);
+      const fqdn = !!name && name.includes('.') && isMailDomain(name);
       if (enabled.has('not_fqdn') && !bracketed && !plainIp) {
         if (name && !name.includes('.')) failed('not_fqdn', 'not a fully qualified domain name (RFC 5321 2.3.5)');
         else if (!fqdn) failed('invalid_name', 'not a valid domain name');

@@ -47,13 +47,12 @@
  * plugin (the core's immunity). Needs the shared resolver (config `dns:`).
  */
 import { isIP } from 'node:net';
-import { domainToASCII } from 'node:url';
 import { z } from 'zod';
 import { exemptRecipient, exemptRecipientsOption, verdictForRecipient } from '../src/plugin/reject-at';
 import { definePlugin, type HookContext } from '../src/plugin/api';
 import { Decision, declined, deny, denysoft, type Verdict } from '../src/plugin/decision';
 import { isFailure, type DnsAnswer } from '../src/dns/resolver';
-import { normaliseHost } from '../src/dns/domain';
+import { asciiDomain, isMailDomain, normaliseHost } from '../src/dns/domain';
 import { CidrList, parseCidr } from '../src/util/cidr';
 import type { Address } from '../src/session/state';
 
@@ -83,24 +82,6 @@ export const RESERVED_NETWORKS = [
 ];
 
 const TEMP_TEXT = (domain: string) => `Temporary DNS failure looking up sender domain ${domain}, try again later`;
-
-/**
- * The ASCII (A-label) form of a domain, '' when it cannot be one. Only
- * non-ASCII names go through the URL parser, and nothing it would read as
- * a URL delimiter: `good.example/x` must not come out as `good.example`.
- */
-function asciiDomain(name: string): string {
-  if (!/[^\x00-\x7f]/.test(name)) return name.toLowerCase();
-  if (/[\s/\\?#@:%[\]<>"']/.test(name)) return '';
-  return domainToASCII(name);
-}
-
-/** RFC 5321's Domain: LDH labels of at most 63, at most 253 in all. */
-function validDomain(name: string): boolean {
-  if (!name || name.length > 253 || !name.includes('.')) return false;
-  const labels = name.split('.');
-  return labels.every((l) => /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(l)) && !/^[0-9]+$/.test(labels[labels.length - 1]!);
-}
 
 export default definePlugin({
   description: 'the sender domain must exist and accept mail: MX or A/AAAA, no null MX, mail hosts with public addresses',
@@ -160,7 +141,7 @@ export default definePlugin({
         return { verdict: declined(), result: { skip: 'address literal', domain: host } };
       }
       const domain = asciiDomain(host);
-      if (!validDomain(domain)) {
+      if (!domain.includes('.') || !isMailDomain(domain)) {
         return refused('invalid_domain', `Sender domain ${sender.host || '(none)'} is not a valid fully qualified domain name`, '5.1.7', { domain: host });
       }
       const mx = await env.dns.query(domain, 'MX');

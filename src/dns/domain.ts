@@ -7,6 +7,7 @@
  * co.uk is not, and URI and RHS block lists list the former.
  */
 import { isIP } from 'node:net';
+import { domainToASCII } from 'node:url';
 import { getDomain, parse } from 'tldts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { isHostname } from './names';
@@ -23,6 +24,28 @@ export interface DomainOptions {
 /** Lower case, no trailing dot, no surrounding brackets or whitespace. */
 export function normaliseHost(host: string): string {
   return host.trim().replace(/\.+$/, '').toLowerCase();
+}
+
+/**
+ * The ASCII (A-label) form of a domain, '' when it cannot be one. Only
+ * non-ASCII names go through the URL parser, and nothing it would read as
+ * a URL delimiter: `good.example/x` must not come out as `good.example`.
+ */
+export function asciiDomain(name: string): string {
+  if (!/[^\x00-\x7f]/.test(name)) return name.toLowerCase();
+  if (/[\s/\\?#@:%[\]<>"']/.test(name)) return '';
+  return domainToASCII(name);
+}
+
+/**
+ * RFC 5321's Domain in lower case: LDH labels of at most 63 octets, at most 253
+ * in all, and a last label that is not all digits (that would be an IP address).
+ * Stricter than isHostname, which DNS list names need (underscores).
+ */
+export function isMailDomain(name: string): boolean {
+  if (!name || name.length > 253) return false;
+  const labels = name.split('.');
+  return labels.every((l) => /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(l)) && !/^[0-9]+$/.test(labels[labels.length - 1]!);
 }
 
 /**

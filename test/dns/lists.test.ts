@@ -19,7 +19,7 @@ import {
   zoneEntry,
   zoneFields,
 } from '../../src/dns/lists';
-import { addressDomain, domainCandidates, hasKnownSuffix, headerAddressDomains, registrableDomain } from '../../src/dns/domain';
+import { addressDomain, asciiDomain, domainCandidates, hasKnownSuffix, headerAddressDomains, isMailDomain, registrableDomain } from '../../src/dns/domain';
 import { Decision } from '../../src/plugin/decision';
 import { silentDnsServer, startDnsServer, type DnsServer } from '../helpers/dns-server';
 import { addr } from '../helpers/plugin-context';
@@ -210,4 +210,19 @@ test('domain: registrable domains from the Public Suffix List', () => {
   assert.equal(addressDomain('postmaster'), undefined);
   assert.deepEqual(headerAddressDomains('"John @ home" <j@Spam.test>, x@y.test, Team: a@b.test, c@Y.TEST;'), ['spam.test', 'y.test', 'b.test']);
   assert.deepEqual(headerAddressDomains('undisclosed-recipients:;'), []);
+});
+
+test('asciiDomain and isMailDomain: A-labels, no URL tricks, RFC 5321 syntax', () => {
+  assert.equal(asciiDomain('Mail.Example.COM'), 'mail.example.com');
+  assert.equal(asciiDomain('bücher.example'), 'xn--bcher-kva.example');
+  assert.equal(asciiDomain('bücher.example/x'), '', 'a URL delimiter is never cut off');
+  assert.equal(asciiDomain('good.example/x'), 'good.example/x', 'ASCII names pass unchanged, for the syntax check to refuse');
+  assert.equal(isMailDomain('good.example/x'), false);
+  assert.equal(isMailDomain('mail.example.com'), true);
+  assert.equal(isMailDomain('localhost'), true, 'a single label is syntax; whether it will do is the caller\'s call');
+  assert.equal(isMailDomain('under_score.example'), false);
+  assert.equal(isMailDomain('-dash.example'), false);
+  assert.equal(isMailDomain('192.0.2.1'), false, 'a numeric last label is an IP');
+  assert.equal(isMailDomain(`${'a'.repeat(64)}.example`), false);
+  assert.equal(isMailDomain(''), false);
 });
