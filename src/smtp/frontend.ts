@@ -8,12 +8,15 @@
  * is the one place that bends it: a subclass of its connection routes every
  * command to a FrontendHandler (the session) and writes the handler's Reply,
  * while smtp-server keeps doing what it does well (parsing, syntax checks,
- * pipelining, STARTTLS, XFORWARD/XCLIENT bookkeeping, DATA unstuffing).
+ * pipelining, STARTTLS, XFORWARD/XCLIENT bookkeeping, DATA unstuffing, the
+ * latter with its search made native: data-scan.ts).
  */
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection';
+import type { SMTPStream } from 'smtp-server/lib/smtp-stream';
+import { feedDataStream } from './data-scan';
 import type { ClientInput } from '../session/state';
 import type { CidrList } from '../util/cidr';
 import type { AuthMechanism, AuthRequest } from '../plugin/api';
@@ -121,6 +124,13 @@ export class HookedConnection extends SMTPConnection implements ClientInput {
       if (!this.greeted) this.talkedBeforeGreeting = true;
       this.lastChunk = chunk;
     });
+  }
+
+  /** smtp-server's parser, with its DATA search done natively (see data-scan.ts). */
+  override _createParser(): SMTPStream {
+    const parser = super._createParser();
+    parser._feedDataStream = feedDataStream;
+    return parser;
   }
 
   override _sendGreeting(): void {
