@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: it holds the young generation's growth while the other modules load (see heap.ts).
+import { governHeap } from './heap';
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
@@ -70,6 +72,7 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
   const server = new ProxyServer(await buildRuntime(loaded, log));
   const addr = await server.listen();
   const c = loaded.config;
+  governHeap({ semiSpaceMb: c.memory.semi_space_mb });
   log.info(
     `prequeue ${VERSION} listening on ${addr.address}:${addr.port} (${c.mode} mode), downstream ${c.downstream.address.host}:${c.downstream.address.port}`,
     { plugins: loaded.plugins.map((p) => p.id).join(',') },
@@ -81,6 +84,7 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
         const next = loadConfigFile(opts.file, opts.overrides);
         const nextLog = createLogger(next.config.log, cluster.isWorker ? { worker: cluster.worker?.id } : {});
         server.reload(await buildRuntime(next, nextLog));
+        governHeap({ semiSpaceMb: next.config.memory.semi_space_mb });
         nextLog.info(`configuration reloaded from ${opts.file}`, { plugins: next.plugins.map((p) => p.id).join(',') });
       } catch (err) {
         log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);

@@ -13,15 +13,19 @@ import type { SpoolViolation } from './spool';
 
 const CR = 0x0d;
 const LF = 0x0a;
-const READ_HIGH_WATER_MARK = 1024 * 1024;
+const READ_HIGH_WATER_MARK = 96 * 1024;
 /*
- * A spool file is read back in chunks of up to 1 MiB (fewer reads, writes and
- * wake-ups: 5 MB / 10 sessions went from 0.43 to 0.56 of direct with it), but
- * each message being relayed holds a few chunks at once (the read-ahead, the
- * stream's buffer, the socket's queue). When many are read back at once the
- * chunks shrink so that together they stay near READ_BACK_BUDGET.
+ * A spool file is read back in chunks of 96 KiB: under glibc malloc's mmap
+ * threshold (128 KiB). Once a bigger Buffer is freed, glibc raises that
+ * threshold and serves later big Buffers from its heap, which it cannot give
+ * back to the system while anything lives above them: with 1 MiB chunks the
+ * 5 MB cells of the bench left 40-55 MB of freed memory in prequeue's RSS, with
+ * 96 KiB 25-30 MB less, at the same CPU a message (bench/README.md). Each
+ * message being relayed holds a few chunks at once (the stream's buffer, the
+ * socket's queue); when very many are read back at once the chunks shrink so
+ * that together they stay near READ_BACK_BUDGET.
  */
-const READ_BACK_BUDGET = 16 * 1024 * 1024;
+const READ_BACK_BUDGET = 8 * 1024 * 1024;
 const MIN_READ_CHUNK = 64 * 1024;
 let readingBack = 0;
 /** A message stream holds one chunk ahead of its reader, not a megabyte's worth of them. */

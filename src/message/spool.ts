@@ -33,6 +33,7 @@ import { openSync, closeSync, createWriteStream, promises as fsp, type WriteStre
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { noteMessageBytes } from '../heap';
 import { HeaderScanner, type HeaderBlock } from './headers';
 import { FileStore, MemoryStore, SpooledMessage, type SpoolStore } from './message';
 
@@ -92,7 +93,7 @@ export class SpoolMemoryBudget {
   }
 }
 
-export const DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024;
+export const DEFAULT_MEMORY_BUDGET = 8 * 1024 * 1024;
 /** The budget every spool shares unless given one of its own. */
 export const spoolMemory = new SpoolMemoryBudget(DEFAULT_MEMORY_BUDGET);
 
@@ -118,7 +119,8 @@ const BLOCK_SIZE = 64 * 1024;
  * that V8 counts as external memory (more frequent GCs at thousands a second).
  */
 const FIRST_BLOCK_SIZE = 4 * 1024;
-const FILE_HIGH_WATER_MARK = 256 * 1024;
+/** What a spool queues for its temp file before the client's socket is paused; it counts once per message arriving. */
+const FILE_HIGH_WATER_MARK = 128 * 1024;
 
 export interface Spool {
   on(event: 'headers', listener: (headers: HeaderBlock) => void): this;
@@ -218,6 +220,7 @@ export class Spool extends Writable {
   override _write(chunk: Buffer, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
     const offset = this.seen;
     this.seen += chunk.length;
+    noteMessageBytes(chunk.length);
     if (this.disposed || this.oversize || chunk.length === 0) return callback();
     if (this.fileError) return callback(this.fileError);
     try {
