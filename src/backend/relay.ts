@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { DownstreamConfig } from '../config/schema';
 import type { Logger } from '../log';
 import { reply, type Reply } from '../smtp/reply';
@@ -234,7 +234,22 @@ export class DownstreamRelay {
     return this.within(deadlineAt, () => this.doData(message));
   }
 
-  private async doData(message: Readable): Promise<Reply> {
+  /**
+   * Cut-through: DATA now and the message as it arrives in `body`. The final dot
+   * goes out only when `body` ends; destroying it instead drops the link without
+   * it. `step` settles with the downstream's answer (early, with a refusal or a
+   * failure, and then `body` is destroyed so its writer never waits on it);
+   * `reply(deadlineAt)` waits for it within the deadline set at the client's
+   * final dot.
+   */
+  dataCutThrough(body: Writable & Readable): { step: Promise<Reply>; reply: (deadlineAt: number) => Promise<Reply> } {
+    const step = this.doData(body, true).finally(() => {
+      if (!body.writableEnded && !body.destroyed) body.destroy();
+    });
+    return { step, reply: (deadlineAt) => this.within(deadlineAt, () => step) };
+  }
+
+  private async doData(message: Readable, live = false): Promise<Reply> {
     if (!this.client || !this.inTransaction) {
       message.destroy();
       return reply(451, '4.4.2', 'Downstream connection lost, try again later');
@@ -249,7 +264,7 @@ export class DownstreamRelay {
         // A 2xx/3xx other than 354 here is nonsense; never let it turn into a success.
         return r.code >= 400 ? r : reply(451, '4.3.0', 'Downstream server refused DATA, try again later');
       }
-      const eod = await c.sendMessage(message);
+      const eod = await c.sendMessage(message, { live });
       this.inTransaction = false;
       this.lastReply = eod;
       return eod;

@@ -582,7 +582,7 @@ export class SmtpClient extends EventEmitter {
    * (with the stream's own error in the first case). The body is then left flowing, its data dropped,
    * so that whoever writes into it does not block; it is not destroyed.
    */
-  sendMessage(body: Readable): Promise<Reply> {
+  sendMessage(body: Readable, opts: { live?: boolean } = {}): Promise<Reply> {
     if (this._closed) return Promise.reject(this.closedError('message'));
     if (!this.inData || this.pending) return Promise.reject(new Error('SmtpClient: sendMessage() needs a 354 reply to DATA first'));
     if (body.readableEnded || body.destroyed) return Promise.reject(new Error('SmtpClient: the message stream is already consumed'));
@@ -594,6 +594,7 @@ export class SmtpClient extends EventEmitter {
       let done = false;
       let ended = false;
       let corked = false;
+      let flushing = false;
       let drainTimer: NodeJS.Timeout | undefined;
 
       const finish = (err: unknown, reply?: Reply): void => {
@@ -625,7 +626,19 @@ export class SmtpClient extends EventEmitter {
           : typeof chunk === 'string'
             ? Buffer.from(chunk, 'utf8')
             : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-        if (!sock.write(stuffer.push(buf))) {
+        if (sock.write(stuffer.push(buf))) {
+          // A live body (cut-through) arrives over seconds: what came in one turn of the event loop goes out
+          // then, instead of waiting in the cork for the socket's buffer to fill or for the end.
+          if (opts.live && corked && !flushing) {
+            flushing = true;
+            setImmediate(() => {
+              flushing = false;
+              if (done || ended || !corked) return;
+              sock.uncork();
+              sock.cork();
+            });
+          }
+        } else {
           body.pause();
           if (corked) {
             corked = false;

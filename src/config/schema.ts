@@ -232,9 +232,15 @@ export const configSchema = z
         memory_threshold: z.number().int().min(0).default(1048576),
         /** Bytes all messages being received or relayed may hold in memory together; past it a message goes to a temp file even under memory_threshold. */
         memory_budget: z.number().int().min(0).default(8388608),
+        /**
+         * When no plugin needs the whole message first (no data_headers_end,
+         * data_post or queue plugin, no Received header of ours to add), send
+         * it downstream as it arrives and hold back only the final dot.
+         */
+        cut_through: z.boolean().default(true),
       })
       .strict()
-      .default({ memory_threshold: 1048576, memory_budget: 8388608 }),
+      .default({ memory_threshold: 1048576, memory_budget: 8388608, cut_through: true }),
     /** Add our own Received header: auto = only in standalone mode (Postfix already adds one). */
     received_header: z.enum(['auto', 'always', 'never']).default('auto'),
     deferred_rejection: z

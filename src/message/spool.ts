@@ -165,6 +165,8 @@ export class Spool extends Writable {
   /** Bytes of `budget` this spool holds. */
   private held = 0;
   private blocksMade = 0;
+  /** Cut-through: where accepted bytes go instead of being stored. */
+  private sink: Writable | undefined;
 
   private disposed = false;
   private disposing: Promise<void> | undefined;
@@ -344,6 +346,7 @@ export class Spool extends Writable {
 
   private build(): SpooledMessage {
     if (this.disposed) throw new Error('spool was disposed');
+    if (this.sink) throw new Error('a cut-through spool keeps no message');
     const headers = this.headerBlock ?? this.completeHeaders();
     const end = this.scanner.end!;
     let store: SpoolStore;
@@ -519,7 +522,35 @@ export class Spool extends Writable {
     return h;
   }
 
+  /**
+   * Cut-through: from now on the accepted bytes go to `sink` instead of being
+   * stored (the session does this when no plugin reads the message). Nothing is
+   * passed on once a violation is recorded, the chunk that has it included: the
+   * sink never sees a bare CR or LF under 'reject', a NUL, an overlong line or
+   * bytes past the size limit. The sink's back-pressure holds the writer; a
+   * destroyed sink is left alone and the rest drained. The caller ends or
+   * destroys the sink after looking at the violations once the spool finished;
+   * finish() then has no message to give.
+   */
+  cutThrough(sink: Writable): void {
+    if (this.seen > 0) throw new Error('cutThrough() must come before the data');
+    this.sink = sink;
+  }
+
+  private pass(sink: Writable, out: Buffer, callback: (error?: Error | null) => void): void {
+    if (this.violations.length > 0 || sink.destroyed || sink.writableEnded) return callback();
+    if (sink.write(out)) return callback();
+    const go = (): void => {
+      sink.off('drain', go);
+      sink.off('close', go);
+      callback();
+    };
+    sink.on('drain', go);
+    sink.on('close', go);
+  }
+
   private store(out: Buffer, callback: (error?: Error | null) => void): void {
+    if (this.sink) return this.pass(this.sink, out, callback);
     if (!this.file && (this.stored > this.options.memoryThreshold || !this.reserve(this.memoryNeeded(out)))) {
       // Over this spool's threshold, or the process's budget is spent: what is held goes to a file, and so does the rest.
       try {

@@ -1,4 +1,4 @@
-import type { Readable, Writable } from 'node:stream';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { DownstreamRelay } from '../backend/relay';
 import { Spool, type SpoolViolation } from '../message/spool';
 import type { MessageHeaders } from '../message/types';
@@ -421,6 +421,7 @@ export class Session implements FrontendHandler {
         headersOutcome.catch(() => undefined);
       });
     }
+    if (this.cutsThrough()) return this.messageCutThrough(txn, stream, spool);
     let deadlineAt = 0;
     try {
       await receive(stream, spool);
@@ -446,6 +447,60 @@ export class Session implements FrontendHandler {
     }
     const queued = await this.queue(txn, deadlineAt);
     return this.finish(queued, undefined);
+  }
+
+  /**
+   * Whether the message can go downstream while it arrives: only when nothing
+   * needs it whole first (no data_headers_end, data_post or queue plugin, no
+   * Received header of ours to put in front) and spool.cut_through allows it.
+   */
+  private cutsThrough(): boolean {
+    const chain = this.rt.chain;
+    return (
+      this.rt.config.spool.cut_through &&
+      !chain.has('data_headers_end') &&
+      !chain.has('data_post') &&
+      !chain.has('queue') &&
+      !this.addsReceived()
+    );
+  }
+
+  /**
+   * Cut-through: the downstream gets DATA now and the message as the spool
+   * checks it, but its final dot only once the client's message is all in and
+   * has no violation; otherwise the link is dropped without the dot. The client
+   * hears the downstream's end-of-data reply as in store-and-forward, so a 250
+   * still means the downstream took this exact message. Store-and-forward costs
+   * a temp-file write and read of every large message on top of this.
+   */
+  private async messageCutThrough(txn: Transaction, stream: Readable, spool: Spool): Promise<Reply> {
+    const body = new PassThrough();
+    // Ending or destroying it is this method's business; a late error must not become an uncaught one.
+    body.on('error', () => undefined);
+    spool.cutThrough(body);
+    const relayed = this.relay.dataCutThrough(body);
+    const abort = async (): Promise<void> => {
+      body.destroy();
+      await relayed.step;
+    };
+    try {
+      await receive(stream, spool);
+    } catch (err) {
+      await abort();
+      await spool.dispose();
+      this.log.warn(`message not received: ${(err as Error).message}`);
+      return this.finish(TEMP_FAILURE, 'message not received');
+    }
+    const deadlineAt = Date.now() + this.rt.config.reply_deadline * 1000;
+    txn.size = spool.size;
+    await spool.dispose();
+    const violation = spool.violations[0];
+    if (violation) {
+      await abort();
+      return this.finish(this.violationReply(violation), violation.detail);
+    }
+    if (!body.destroyed) body.end();
+    return this.finish(await relayed.reply(deadlineAt), undefined);
   }
 
   /** Everything from the final dot to the decision to deliver, within the data_post budget. */
