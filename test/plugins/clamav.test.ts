@@ -15,12 +15,10 @@ import { spoolBuffer } from '../../src/message/spool';
 import type { SpooledMessage } from '../../src/message/message';
 import { callHook, loadPlugin, makeContext } from '../helpers/plugin-context';
 import { EICAR, EICAR_SIGNATURE, messageWithAttachment, startClamd, type Clamd } from '../helpers/clamd';
-import { FakeSmtpServer } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
-import { SmtpTalk } from '../helpers/smtp-talk';
 import { freePort } from '../helpers/postfix';
 import { sendAsPostfix } from '../helpers/dkim-keys';
 import { readSpy } from '../helpers/read-spy';
+import { startScannerProxies, type ScannerProxies } from '../helpers/scanner-proxies';
 
 const VIRUS_NAME = new RegExp(`^${EICAR_SIGNATURE}(\\.UNOFFICIAL)?$`);
 
@@ -270,67 +268,25 @@ describe('clamav when clamd fails', () => {
 });
 
 describe('clamav over the wire', () => {
-  let downstream: FakeSmtpServer;
-  let proxy: TestProxy;
-  let stoppedProxy: TestProxy;
-  let logOnlyProxy: TestProxy;
-  let cappedProxy: TestProxy;
+  let rig: ScannerProxies;
   const spy = readSpy();
 
   before(async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ clamav: { server: clamd.server } }],
-    });
     const stopped = await startClamd();
     await stopped.stop();
-    stoppedProxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ clamav: { server: stopped.server } }],
-    });
-    logOnlyProxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ clamav: { server: stopped.server, reject: false } }],
-    });
-    cappedProxy = await startProxy({
-      mode: 'postfix',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      spool: { memory_threshold: 64 * 1024 },
-      plugins: [spy.before, { clamav: { server: clamd.server, max_size: 200_000 } }, spy.after],
-    });
+    rig = await startScannerProxies('clamav', { live: clamd.server, stopped: stopped.server }, spy, { from: 'sender@example.net', to: 'alice@example.test' });
   });
-  after(async () => {
-    await proxy?.close();
-    await stoppedProxy?.close();
-    await logOnlyProxy?.close();
-    await cappedProxy?.close();
-    await downstream?.close();
-  });
-
-  async function send(p: TestProxy, message: string) {
-    const before = downstream.messages.length;
-    const t = await SmtpTalk.connect(p.port);
-    try {
-      const r = await t.send('sender@example.net', ['alice@example.test'], message);
-      return { eod: r.eod!, delivered: downstream.messages.slice(before) };
-    } finally {
-      await t.quit();
-    }
-  }
+  after(() => rig?.close());
 
   test('EICAR: 5xx at the end of data, nothing delivered', async () => {
-    const { eod, delivered } = await send(proxy, messageWithAttachment(EICAR));
+    const { eod, delivered } = await rig.send(rig.proxy, messageWithAttachment(EICAR));
     assert.equal(eod.code, 550);
     assert.match(`${eod.enhanced} ${eod.lines.join(' ')}`, /5\.7\.1 Virus found: Eicar-Signature/);
     assert.equal(delivered.length, 0);
   });
 
   test('clean: delivered with X-Virus-Scanned', async () => {
-    const { eod, delivered } = await send(proxy, CLEAN);
+    const { eod, delivered } = await rig.send(rig.proxy, CLEAN);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     const text = delivered[0].data.toString('latin1');
@@ -341,21 +297,21 @@ describe('clamav over the wire', () => {
 
   test("a message over clamd's StreamMaxLength is delivered unscanned, marked", async () => {
     const big = CLEAN.replace('Nothing to see here.', ('q'.repeat(900) + '\r\n').repeat(1700));
-    const { eod, delivered } = await send(proxy, big);
+    const { eod, delivered } = await rig.send(rig.proxy, big);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     assert.match(delivered[0].data.toString('latin1'), /^X-Virus-Scanned: Unscanned, message of \d+ bytes exceeds clamd's StreamMaxLength\r\n/m);
   });
 
   test('clamd stopped: 451, nothing delivered', async () => {
-    const { eod, delivered } = await send(stoppedProxy, CLEAN);
+    const { eod, delivered } = await rig.send(rig.stoppedProxy, CLEAN);
     assert.equal(eod.code, 451);
     assert.match(`${eod.enhanced} ${eod.lines.join(' ')}`, /4\.3\.0 Virus scanner temporarily unavailable/);
     assert.equal(delivered.length, 0);
   });
 
   test('clamd stopped under reject: false (log only): delivered, but marked unscanned', async () => {
-    const { eod, delivered } = await send(logOnlyProxy, CLEAN);
+    const { eod, delivered } = await rig.send(rig.logOnlyProxy, CLEAN);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     const text = delivered[0].data.toString('latin1');
@@ -367,16 +323,16 @@ describe('clamav over the wire', () => {
     const filler = Array.from({ length: 5000 }, (_, i) => `line ${i} of a long message that no scanner should read`).join('\r\n');
     const raw = messageWithAttachment(EICAR, 'eicar.com', filler);
     assert.ok(raw.length > 200_000 && raw.length > 64 * 1024, `${raw.length} bytes`);
-    const before = downstream.messages.length;
-    const r = await sendAsPostfix(cappedProxy.port, { addr: '192.0.2.20', helo: 'mail.example.net', from: 'sender@example.net', to: ['alice@example.test'], message: raw });
+    const before = rig.downstream.messages.length;
+    const r = await sendAsPostfix(rig.cappedProxy.port, { addr: '192.0.2.20', helo: 'mail.example.net', from: 'sender@example.net', to: ['alice@example.test'], message: raw });
     assert.equal(r.eod?.code, 250);
     const seen = spy.last();
     assert.ok(seen?.tempPath, 'the spool kept the message in a temp file');
     assert.deepEqual(seen.reads, [], 'clamav did not read the message');
-    const text = downstream.messages[before]!.data.toString('latin1');
+    const text = rig.downstream.messages[before]!.data.toString('latin1');
     assert.match(text, /^X-Virus-Scanned: Unscanned, message of \d+ bytes exceeds max_size 200000\r\n/);
     assert.equal(text.slice(text.indexOf('\r\n\r\n')), raw.slice(raw.indexOf('\r\n\r\n')), 'the body is relayed unchanged');
-    const line = cappedProxy.log.lines.filter((l) => l.msg === 'transaction').at(-1)?.meta.results as Record<string, string> | undefined;
+    const line = rig.cappedProxy.log.lines.filter((l) => l.msg === 'transaction').at(-1)?.meta.results as Record<string, string> | undefined;
     assert.match(line?.clamav ?? '', /skip=unscanned: message of \d+ bytes exceeds max_size 200000/);
   });
 });

@@ -16,12 +16,10 @@ import { parseSpamdReply } from '../../src/scan/spamd';
 import { ScanError } from '../../src/scan/exchange';
 import { callHook, loadPlugin, makeContext, type FakeContext } from '../helpers/plugin-context';
 import { GTUBE, startSpamd, type Spamd } from '../helpers/spamd';
-import { FakeSmtpServer } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
-import { SmtpTalk } from '../helpers/smtp-talk';
 import { freePort } from '../helpers/postfix';
 import { sendAsPostfix } from '../helpers/dkim-keys';
 import { readSpy } from '../helpers/read-spy';
+import { startScannerProxies, type ScannerProxies } from '../helpers/scanner-proxies';
 
 const headerLines = (subject: string) => [
   'From: Alice Example <alice@example.net>',
@@ -305,61 +303,18 @@ describe('spamassassin when spamd fails', () => {
 });
 
 describe('spamassassin over the wire', () => {
-  let downstream: FakeSmtpServer;
-  let proxy: TestProxy;
-  let stoppedProxy: TestProxy;
-  let logOnlyProxy: TestProxy;
-  let cappedProxy: TestProxy;
-  let stopped: Spamd;
+  let rig: ScannerProxies;
   const spy = readSpy();
 
   before(async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ spamassassin: { server: spamd.server } }],
-    });
-    stopped = await startSpamd();
+    const stopped = await startSpamd();
     await stopped.stop();
-    stoppedProxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ spamassassin: { server: stopped.server } }],
-    });
-    logOnlyProxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      plugins: [{ spamassassin: { server: stopped.server, reject: false } }],
-    });
-    cappedProxy = await startProxy({
-      mode: 'postfix',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      spool: { memory_threshold: 64 * 1024 },
-      plugins: [spy.before, { spamassassin: { server: spamd.server, max_size: 200_000 } }, spy.after],
-    });
+    rig = await startScannerProxies('spamassassin', { live: spamd.server, stopped: stopped.server }, spy, { from: 'alice@example.net', to: 'bob@example.test' });
   });
-  after(async () => {
-    await proxy?.close();
-    await stoppedProxy?.close();
-    await logOnlyProxy?.close();
-    await cappedProxy?.close();
-    await downstream?.close();
-  });
-
-  async function send(p: TestProxy, message: string) {
-    const before = downstream.messages.length;
-    const t = await SmtpTalk.connect(p.port);
-    try {
-      const r = await t.send('alice@example.net', ['bob@example.test'], message);
-      return { eod: r.eod!, delivered: downstream.messages.slice(before) };
-    } finally {
-      await t.quit();
-    }
-  }
+  after(() => rig?.close());
 
   test('GTUBE: 5xx at the end of data, nothing delivered', async () => {
-    const { eod, delivered } = await send(proxy, SPAM);
+    const { eod, delivered } = await rig.send(rig.proxy, SPAM);
     assert.equal(eod.code, 550);
     const m = /^5\.7\.1 Message rejected as spam \(score (\d+\.\d), limit 10\)$/.exec(`${eod.enhanced} ${eod.lines.join(' ')}`);
     assert.ok(m, eod.lines.join(' '));
@@ -368,7 +323,7 @@ describe('spamassassin over the wire', () => {
   });
 
   test('clean: delivered with X-Spam-Status, the forged headers gone', async () => {
-    const { eod, delivered } = await send(proxy, HAM);
+    const { eod, delivered } = await rig.send(rig.proxy, HAM);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     const text = delivered[0].data.toString('latin1');
@@ -381,7 +336,7 @@ describe('spamassassin over the wire', () => {
   test('a message over max_size (spooled to a file) is delivered unscanned, marked', async () => {
     const big = HAM.replace('Alice\r\n', `Alice\r\n${('z'.repeat(900) + '\r\n').repeat(1700)}`);
     assert.ok(big.length > 1.5e6, 'bigger than the spool\'s memory threshold');
-    const { eod, delivered } = await send(proxy, big);
+    const { eod, delivered } = await rig.send(rig.proxy, big);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     const text = delivered[0].data.toString('latin1');
@@ -392,14 +347,14 @@ describe('spamassassin over the wire', () => {
   });
 
   test('spamd stopped: 451, nothing delivered', async () => {
-    const { eod, delivered } = await send(stoppedProxy, HAM);
+    const { eod, delivered } = await rig.send(rig.stoppedProxy, HAM);
     assert.equal(eod.code, 451);
     assert.match(`${eod.enhanced} ${eod.lines.join(' ')}`, /^4\.3\.0 Spam scanner temporarily unavailable/);
     assert.equal(delivered.length, 0);
   });
 
   test('spamd stopped under reject: false (log only): delivered, but marked unscanned', async () => {
-    const { eod, delivered } = await send(logOnlyProxy, HAM);
+    const { eod, delivered } = await rig.send(rig.logOnlyProxy, HAM);
     assert.equal(eod.code, 250);
     assert.equal(delivered.length, 1);
     const text = delivered[0].data.toString('latin1');
@@ -411,13 +366,13 @@ describe('spamassassin over the wire', () => {
     // GTUBE inside: proof that it was not scanned, rather than scanned and found clean.
     const big = SPAM.replace(GTUBE, `${GTUBE}\r\n${('y'.repeat(900) + '\r\n').repeat(250)}`);
     assert.ok(big.length > 200_000, `${big.length} bytes`);
-    const before = downstream.messages.length;
-    const r = await sendAsPostfix(cappedProxy.port, { addr: '192.0.2.10', helo: 'mail.example.net', from: 'alice@example.net', to: ['bob@example.test'], message: big });
+    const before = rig.downstream.messages.length;
+    const r = await sendAsPostfix(rig.cappedProxy.port, { addr: '192.0.2.10', helo: 'mail.example.net', from: 'alice@example.net', to: ['bob@example.test'], message: big });
     assert.equal(r.eod?.code, 250);
     const seen = spy.last();
     assert.ok(seen?.tempPath, 'the spool kept the message in a temp file');
     assert.deepEqual(seen.reads, [], 'spamassassin did not read the message');
-    const text = downstream.messages[before]!.data.toString('latin1');
+    const text = rig.downstream.messages[before]!.data.toString('latin1');
     assert.match(text, /^X-Spam-Status: Unscanned, message of \d+ bytes exceeds max_size 200000\r\n/);
     assert.doesNotMatch(text, /^X-Spam-Flag:/m);
     assert.equal(text.slice(text.indexOf('\r\n\r\n')), big.slice(big.indexOf('\r\n\r\n')), 'the body is relayed unchanged');
