@@ -8,7 +8,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import plugin from '../../plugins/clamav';
 import { Decision } from '../../src/plugin/decision';
 import { spoolBuffer } from '../../src/message/spool';
@@ -18,6 +17,7 @@ import { EICAR, EICAR_SIGNATURE, messageWithAttachment, startClamd, type Clamd }
 import { freePort } from '../helpers/postfix';
 import { sendAsPostfix } from '../helpers/dkim-keys';
 import { readSpy } from '../helpers/read-spy';
+import { startFaultServer } from '../helpers/fault-server';
 import { startScannerProxies, type ScannerProxies } from '../helpers/scanner-proxies';
 
 const VIRUS_NAME = new RegExp(`^${EICAR_SIGNATURE}(\\.UNOFFICIAL)?$`);
@@ -171,15 +171,9 @@ describe('clamav when clamd fails', () => {
 
   test('a clamd that hangs is given up after scan_timeout', async () => {
     // Fault injection: accepts, reads, never answers.
-    const sockets: net.Socket[] = [];
-    const hang = net.createServer({ allowHalfOpen: true }, (s) => {
-      sockets.push(s);
-      s.resume();
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const hang = await startFaultServer((s) => s.resume());
     try {
-      const port = (hang.address() as net.AddressInfo).port;
-      const { hooks, message, ctx } = await scan(CLEAN, { server: `127.0.0.1:${port}`, scan_timeout: 0.3 });
+      const { hooks, message, ctx } = await scan(CLEAN, { server: hang.server, scan_timeout: 0.3 });
       const start = Date.now();
       const verdict = await callHook(hooks, 'data_post', ctx, message);
       const took = Date.now() - start;
@@ -188,19 +182,14 @@ describe('clamav when clamd fails', () => {
       assert.match(ctx.myResults()!.err[0], /^timeout: /);
       await message.dispose();
     } finally {
-      sockets.forEach((s) => s.destroy());
       hang.close();
     }
   });
 
   test('an error answer defers', async () => {
-    const bad = net.createServer((s) => {
-      s.once('data', () => s.end('UNKNOWN COMMAND\0'));
-    });
-    await new Promise<void>((r) => bad.listen(0, '127.0.0.1', r));
+    const bad = await startFaultServer((s) => s.once('data', () => s.end('UNKNOWN COMMAND\0')));
     try {
-      const port = (bad.address() as net.AddressInfo).port;
-      const { hooks, message, ctx } = await scan(CLEAN, { server: `127.0.0.1:${port}` });
+      const { hooks, message, ctx } = await scan(CLEAN, { server: bad.server });
       const verdict = await callHook(hooks, 'data_post', ctx, message);
       assert.equal(verdict.decision, Decision.DENYSOFT);
       assert.match(ctx.myResults()!.err[0], /^protocol: clamd: UNKNOWN COMMAND/);
@@ -211,41 +200,36 @@ describe('clamav when clamd fails', () => {
   });
 
   /** Fault injection: the first connection is reset mid-stream without an answer; later ones get `probeAnswer`. */
-  async function resettingServer(probeAnswer: string | undefined) {
-    let connections = 0;
-    const server = net.createServer({ allowHalfOpen: true }, (s) => {
-      const n = ++connections;
+  function resettingServer(probeAnswer: string | undefined) {
+    return startFaultServer((s, n) => {
       let got = 0;
       s.on('data', (d: Buffer) => {
         got += d.length;
         if (n === 1 && got > 100_000) s.resetAndDestroy();
         else if (n > 1 && got >= 14 && probeAnswer !== undefined) s.end(probeAnswer);
       });
-      s.on('error', () => undefined);
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    return { server, port: (server.address() as net.AddressInfo).port, connections: () => connections };
   }
   const BIG = Buffer.concat([Buffer.from(CLEAN, 'latin1'), Buffer.from(('y'.repeat(998) + '\r\n').repeat(500), 'latin1')]);
 
   test('a connection reset mid-stream is asked again: a size-limit answer means unscanned, not deferred', async () => {
     const fake = await resettingServer('INSTREAM size limit exceeded. ERROR\0');
     try {
-      const { hooks, message, ctx } = await scan(BIG, { server: `127.0.0.1:${fake.port}` });
+      const { hooks, message, ctx } = await scan(BIG, { server: fake.server });
       const verdict = await callHook(hooks, 'data_post', ctx, message);
       assert.equal(verdict.decision, Decision.DECLINED, JSON.stringify(ctx.myResults()));
       assert.equal(fake.connections(), 2);
       assert.match(ctx.myResults()!.skip[0], /StreamMaxLength/);
       await message.dispose();
     } finally {
-      fake.server.close();
+      fake.close();
     }
   });
 
   test('a connection reset mid-stream with no size-limit answer defers', async () => {
     const fake = await resettingServer(undefined);
     try {
-      const { hooks, message, ctx } = await scan(BIG, { server: `127.0.0.1:${fake.port}`, scan_timeout: 3 });
+      const { hooks, message, ctx } = await scan(BIG, { server: fake.server, scan_timeout: 3 });
       const start = Date.now();
       const verdict = await callHook(hooks, 'data_post', ctx, message);
       assert.equal(verdict.decision, Decision.DENYSOFT);
@@ -253,7 +237,7 @@ describe('clamav when clamd fails', () => {
       assert.match(ctx.myResults()!.err[0], /^io: .*without an answer/);
       await message.dispose();
     } finally {
-      fake.server.close();
+      fake.close();
     }
   });
 

@@ -7,7 +7,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import plugin, { effectiveThreshold, RECIPIENT_THRESHOLD_OPTION } from '../../plugins/spamassassin';
 import { Decision } from '../../src/plugin/decision';
 import { spoolBuffer } from '../../src/message/spool';
@@ -19,6 +18,7 @@ import { GTUBE, startSpamd, type Spamd } from '../helpers/spamd';
 import { freePort } from '../helpers/postfix';
 import { sendAsPostfix } from '../helpers/dkim-keys';
 import { readSpy } from '../helpers/read-spy';
+import { startFaultServer } from '../helpers/fault-server';
 import { startScannerProxies, type ScannerProxies } from '../helpers/scanner-proxies';
 
 const headerLines = (subject: string) => [
@@ -231,15 +231,9 @@ describe('spamassassin when spamd fails', () => {
   });
 
   test('a spamd that hangs is given up after scan_timeout', async () => {
-    const sockets: net.Socket[] = [];
-    const hang = net.createServer({ allowHalfOpen: true }, (s) => {
-      sockets.push(s);
-      s.resume();
-    });
-    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const hang = await startFaultServer((s) => s.resume());
     try {
-      const port = (hang.address() as net.AddressInfo).port;
-      const { hooks, message, ctx } = await setup(HAM, { server: `127.0.0.1:${port}`, scan_timeout: 0.3 });
+      const { hooks, message, ctx } = await setup(HAM, { server: hang.server, scan_timeout: 0.3 });
       const start = Date.now();
       const verdict = await callHook(hooks, 'data_post', ctx, message);
       const took = Date.now() - start;
@@ -248,17 +242,14 @@ describe('spamassassin when spamd fails', () => {
       assert.match(ctx.myResults()!.err[0], /^timeout: /);
       await message.dispose();
     } finally {
-      sockets.forEach((s) => s.destroy());
       hang.close();
     }
   });
 
   test('an error status from spamd defers', async () => {
-    const bad = net.createServer((s) => s.once('data', () => s.end('SPAMD/1.0 76 Bad header line: (Content-length mismatch)\r\n')));
-    await new Promise<void>((r) => bad.listen(0, '127.0.0.1', r));
+    const bad = await startFaultServer((s) => s.once('data', () => s.end('SPAMD/1.0 76 Bad header line: (Content-length mismatch)\r\n')));
     try {
-      const port = (bad.address() as net.AddressInfo).port;
-      const { hooks, message, ctx } = await setup(HAM, { server: `127.0.0.1:${port}` });
+      const { hooks, message, ctx } = await setup(HAM, { server: bad.server });
       assert.equal((await callHook(hooks, 'data_post', ctx, message)).decision, Decision.DENYSOFT);
       assert.match(ctx.myResults()!.err[0], /^protocol: spamd: error 76 Bad header line/);
       await message.dispose();
