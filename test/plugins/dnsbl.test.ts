@@ -3,7 +3,7 @@
  * IPv6, TXT reasons, where the verdict is given, failure policy; and over the
  * wire behind "Postfix" (XFORWARD) and standalone.
  */
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import plugin from '../../plugins/dnsbl';
 import { reversedIp } from '../../src/dns/names';
@@ -13,7 +13,7 @@ import type { PluginHooks } from '../../src/plugin/api';
 import { silentDnsServer, startDnsServer, type DnsServer } from '../helpers/dns-server';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { addr, callHook, loadPlugin, makeContext, type FakeContext } from '../helpers/plugin-context';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { proxyPerTest, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { connectFrom, pluginResults, postfixClient, transaction } from '../helpers/wire-clients';
 
@@ -338,39 +338,21 @@ describe('dnsbl: over the wire', () => {
 // ---- end to end: accept, reject, defer and immunity, from a direct TCP peer and from XFORWARD ----
 
 describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both modes', () => {
-  let downstream: FakeSmtpServer;
-  let proxy: TestProxy | undefined;
-  before(async () => {
-    downstream = await FakeSmtpServer.start();
-  });
-  after(() => downstream.close());
-  afterEach(async () => {
-    await proxy?.close();
-    proxy = undefined;
-  });
-
-  const start = async (config: Record<string, unknown>): Promise<TestProxy> => {
-    proxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      dns: { servers: [dns.server], timeout: 1, tries: 1 },
-      ...config,
-    });
-    return proxy;
-  };
+  const e2e = proxyPerTest();
+  const start = (config: Record<string, unknown>): Promise<TestProxy> => e2e.start({ dns: { servers: [dns.server], timeout: 1, tries: 1 }, ...config });
   const results = (p: TestProxy, client: string): Promise<string[]> => pluginResults(p, client, 'dnsbl');
   const MSG = 'From: <a@example.net>\r\nSubject: e2e\r\n\r\nhello\r\n';
   const DEFER_ZONES = ['bl.test', { zone: 'broken.test', on_lookup_error: 'defer' }];
 
   test('standalone, direct TCP peer: an unlisted peer is accepted and relayed, a listed one refused', async () => {
     const p = await start({ plugins: [{ dnsbl: { zones: ['bl.test'], skip_private: false } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const ok = await connectFrom('127.0.0.5', p.port);
     const r = await transaction(ok, 'a@example.net', ['user@example.test'], { helo: 'client.example.net', message: MSG });
     assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
     await ok.quit();
-    assert.equal(downstream.messages.length, before + 1);
-    assert.match(downstream.messages.at(-1)!.xforward.join(' '), /ADDR=127\.0\.0\.5/, 'the downstream hears which client it was');
+    assert.equal(e2e.downstream.messages.length, before + 1);
+    assert.match(e2e.downstream.messages.at(-1)!.xforward.join(' '), /ADDR=127\.0\.0\.5/, 'the downstream hears which client it was');
     assert.match((await results(p, '127.0.0.5'))[0]!, /pass=bl\.test/);
 
     const listed = await connectFrom('127.0.0.1', p.port);
@@ -378,19 +360,19 @@ describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both m
     assert.deepEqual(l.rcpt, [550, 250], l.texts.join(' | '));
     assert.match(l.texts[2]!, /127\.0\.0\.1 is listed in bl\.test/);
     await listed.quit();
-    assert.deepEqual(downstream.messages.at(-1)!.rcptTo, ['<postmaster@example.test>'], 'only postmaster got it');
+    assert.deepEqual(e2e.downstream.messages.at(-1)!.rcptTo, ['<postmaster@example.test>'], 'only postmaster got it');
     assert.match((await results(p, '127.0.0.1'))[0]!, /fail=bl\.test/);
   });
 
   test('standalone, direct TCP peer: a zone that fails under on_lookup_error defer gives 4xx, nothing relayed', async () => {
     const p = await start({ plugins: [{ dnsbl: { zones: DEFER_ZONES, skip_private: false } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const t = await connectFrom('127.0.0.5', p.port);
     const r = await transaction(t, 'a@example.net', ['user@example.test'], { helo: 'client.example.net', message: MSG });
     assert.equal(r.rcpt[0], 450, r.texts.join(' | '));
     assert.match(r.texts[2]!, /4\.4\.3 Could not check broken\.test/);
     await t.quit();
-    assert.equal(downstream.messages.length, before);
+    assert.equal(e2e.downstream.messages.length, before);
     assert.match((await results(p, '127.0.0.5'))[0]!, /err=broken\.test: servfail/);
   });
 
@@ -403,33 +385,31 @@ describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both m
     for (const c of cases) {
       const extra = (c.config.plugins as unknown[] | undefined) ?? [];
       const p = await start({ ...c.config, plugins: [...extra, { dnsbl: { zones: ['bl.test'], skip_private: false } }] });
-      const before = downstream.messages.length;
+      const before = e2e.downstream.messages.length;
       const t = await connectFrom('127.0.0.1', p.port);
       const r = await transaction(t, c.from, ['user@example.test'], { helo: 'client.example.net', message: MSG });
       assert.deepEqual([r.rcpt, r.eod], [[250], 250], `${JSON.stringify(c.config)}: ${r.texts.join(' | ')}`);
       await t.quit();
-      assert.equal(downstream.messages.length, before + 1);
+      assert.equal(e2e.downstream.messages.length, before + 1);
       assert.doesNotMatch((await results(p, '127.0.0.1'))[0]!, /fail=/, 'the listing is never held against it');
-      await p.close();
-      proxy = undefined;
     }
   });
 
   test('postfix mode, XFORWARD: accept (relayed with the XFORWARD client), reject, defer', async () => {
     const p = await start({ mode: 'postfix', plugins: [{ dnsbl: { zones: ['bl.test'] } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const ok = await postfixClient(p.port, '192.0.2.99');
     const r = await transaction(ok, 'a@example.net', ['user@example.test'], { message: MSG });
     assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
     await ok.quit();
-    assert.equal(downstream.messages.length, before + 1);
-    assert.match(downstream.messages.at(-1)!.xforward.join(' '), /ADDR=192\.0\.2\.99/);
+    assert.equal(e2e.downstream.messages.length, before + 1);
+    assert.match(e2e.downstream.messages.at(-1)!.xforward.join(' '), /ADDR=192\.0\.2\.99/);
 
     const bad = await postfixClient(p.port, '192.0.2.2');
     const b = await transaction(bad, 'a@example.net', ['user@example.test'], { message: MSG });
     assert.deepEqual(b.rcpt, [550]);
     await bad.quit();
-    assert.equal(downstream.messages.length, before + 1);
+    assert.equal(e2e.downstream.messages.length, before + 1);
     await p.close();
 
     const d = await start({ mode: 'postfix', plugins: [{ dnsbl: { zones: DEFER_ZONES } }] });
@@ -440,7 +420,7 @@ describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both m
     const listed = await postfixClient(d.port, '192.0.2.2');
     assert.deepEqual((await transaction(listed, 'a@example.net', ['user@example.test'], { message: MSG })).rcpt, [550], 'a listing elsewhere outweighs the failed zone');
     await listed.quit();
-    assert.equal(downstream.messages.length, before + 1);
+    assert.equal(e2e.downstream.messages.length, before + 1);
   });
 
   test('postfix mode, XFORWARD: relay_clients, the whitelist plugin and immune_senders make a listed client immune', async () => {
@@ -462,8 +442,6 @@ describe('dnsbl end to end (real NSD): accept, reject, defer, immunity in both m
       if (!c.config.immune_senders) assert.deepEqual(o.rcpt, [250], 'same client, still immune');
       else assert.deepEqual(o.rcpt, [550], 'another sender: not immune');
       await other.quit();
-      await p.close();
-      proxy = undefined;
     }
   });
 

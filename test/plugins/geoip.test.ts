@@ -5,7 +5,7 @@
  * University of Tokyo's 133.11/16, Hetzner in Germany), so the assertions are facts,
  * not values read back from the database.
  */
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import plugin, { HEADERS, layoutOf, readRecord, type GeoNote } from '../../plugins/geoip';
 import { Decision } from '../../src/plugin/decision';
@@ -14,7 +14,7 @@ import { spoolBuffer } from '../../src/message/spool';
 import { continentOf, distanceKm, isPublicAddress } from '../../src/util/geo';
 import { callHook, configDir, loadPlugin, makeContext } from '../helpers/plugin-context';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { proxyPerTest, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { connectFrom, pluginResults, postfixClient, transaction, xclientClient } from '../helpers/wire-clients';
 
@@ -333,26 +333,9 @@ describe('geoip over the wire, Postfix mode', () => {
 // ---- end to end: accept, reject, defer and immunity, from XFORWARD, XCLIENT and a direct TCP peer ----
 
 describe('geoip end to end: accept, reject, defer, immunity', () => {
-  let downstream: FakeSmtpServer;
-  let proxy: TestProxy | undefined;
-  before(async () => {
-    downstream = await FakeSmtpServer.start();
-  });
-  after(() => downstream.close());
-  afterEach(async () => {
-    await proxy?.close();
-    proxy = undefined;
-  });
-  const start = async (config: Record<string, unknown>, geoip: Record<string, unknown> = {}, before: unknown[] = []): Promise<TestProxy> => {
-    await proxy?.close();
-    proxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      ...config,
-      plugins: [...before, { geoip: { deny_countries: ['US'], add_headers: true, ...geoip } }],
-    });
-    return proxy;
-  };
+  const e2e = proxyPerTest();
+  const start = (config: Record<string, unknown>, geoip: Record<string, unknown> = {}, before: unknown[] = []): Promise<TestProxy> =>
+    e2e.start({ ...config, plugins: [...before, { geoip: { deny_countries: ['US'], add_headers: true, ...geoip } }] });
   const MSG = 'From: <someone@example.net>\r\nSubject: geo\r\n\r\nbody\r\n';
   const viaPostfix = async (p: TestProxy, addr: string, from = 'someone@example.net') => {
     const t = await postfixClient(p.port, addr);
@@ -367,19 +350,19 @@ describe('geoip end to end: accept, reject, defer, immunity', () => {
     assert.equal(d.mail, 450, d.texts.join(' | '));
     assert.match(d.texts[0]!, /country \(US\)/);
 
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const i = await start({ mode: 'postfix', relay_clients: ['8.8.8.8'], immune_senders: ['@friend.example'] }, {}, [{ whitelist: { hosts: ['8.8.4.4'] } }]);
     const relay = await viaPostfix(i, GOOGLE_DNS);
     assert.deepEqual([relay.mail, relay.eod], [250, 250], `relay client: ${relay.texts.join(' | ')}`);
     assert.deepEqual((await viaPostfix(i, '8.8.4.4')).eod, 250, 'whitelisted host');
     assert.deepEqual((await viaPostfix(i, '8.8.4.8', 'boss@friend.example')).eod, 250, 'immune sender');
     assert.equal((await viaPostfix(i, '8.8.4.8')).mail, 550, 'anyone else from the US');
-    assert.equal(downstream.messages.length, before + 3);
+    assert.equal(e2e.downstream.messages.length, before + 3);
   });
 
   test('standalone behind a chained proxy (XCLIENT from a trusted peer): refused, deferred, accepted, immune', async () => {
     const p = await start({});
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const us = await xclientClient(p.port, GOOGLE_DNS);
     const r = await transaction(us.t, 'someone@example.net', ['user@example.test'], { helo: 'client.example', message: MSG });
     await us.t.quit();
@@ -387,14 +370,14 @@ describe('geoip end to end: accept, reject, defer, immunity', () => {
     assert.equal(us.greeting.code, 220);
     assert.equal(r.mail, 550, r.texts.join(' | '));
     assert.match(r.texts[1]!, /5\.7\.1 .*country \(US\)/);
-    assert.equal(downstream.messages.length, before, 'a client from a denied country is not relayed');
+    assert.equal(e2e.downstream.messages.length, before, 'a client from a denied country is not relayed');
 
     const nl = await xclientClient(p.port, RIPE);
     assert.equal(nl.greeting.code, 220);
     const ok = await transaction(nl.t, 'someone@example.net', ['user@example.test'], { helo: 'client.example', message: MSG });
     await nl.t.quit();
     assert.deepEqual([ok.mail, ok.eod], [250, 250]);
-    assert.match(downstream.messages.at(-1)!.data.toString('latin1'), /^X-GeoIP-Country: NL\r\nX-GeoIP-Continent: EU\r\n/m);
+    assert.match(e2e.downstream.messages.at(-1)!.data.toString('latin1'), /^X-GeoIP-Country: NL\r\nX-GeoIP-Continent: EU\r\n/m);
 
     const held = await start({ deferred_rejection: { connection: true, stage: 'mail' } }, { reject_type: 'temp' });
     const soft = await xclientClient(held.port, GOOGLE_DNS);
@@ -408,7 +391,7 @@ describe('geoip end to end: accept, reject, defer, immunity', () => {
     assert.equal(relay.greeting.code, 220);
     assert.equal((await transaction(relay.t, 'someone@example.net', ['user@example.test'], { helo: 'client.example', message: MSG })).eod, 250);
     await relay.t.quit();
-    assert.equal(downstream.messages.length, before + 2);
+    assert.equal(e2e.downstream.messages.length, before + 2);
   });
 
   test('standalone, direct TCP peer: a loopback client is not located (skip) and is accepted, without headers', async () => {
@@ -418,7 +401,7 @@ describe('geoip end to end: accept, reject, defer, immunity', () => {
     const r = await transaction(t, 'someone@example.net', ['user@example.test'], { helo: 'client.example', message: 'X-GeoIP-Country: US\r\n' + MSG });
     await t.quit();
     assert.equal(r.eod, 250);
-    assert.doesNotMatch(downstream.messages.at(-1)!.data.toString('latin1'), /X-GeoIP/, 'forged header removed, none added');
+    assert.doesNotMatch(e2e.downstream.messages.at(-1)!.data.toString('latin1'), /X-GeoIP/, 'forged header removed, none added');
     assert.deepEqual(await pluginResults(p, '127.0.0.5', 'geoip'), ['skip=not a public address']);
   });
 });

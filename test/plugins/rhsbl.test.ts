@@ -2,7 +2,7 @@
  * rhsbl against a real NSD: HELO, sender and From domains, registrable
  * domains, return codes, failure policy; over the wire in both modes.
  */
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import plugin from '../../plugins/rhsbl';
 import { DnsResolver } from '../../src/dns/resolver';
@@ -12,7 +12,7 @@ import type { PluginHooks } from '../../src/plugin/api';
 import { silentDnsServer, startDnsServer, type DnsServer } from '../helpers/dns-server';
 import { FakeSmtpServer } from '../helpers/fake-smtp-server';
 import { addr, callHook, loadPlugin, makeContext, type FakeContext } from '../helpers/plugin-context';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { proxyPerTest, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { connectFrom, postfixClient, transaction } from '../helpers/wire-clients';
 
@@ -211,57 +211,38 @@ describe('rhsbl: over the wire', () => {
 // ---- end to end: accept, reject, defer and immunity, from a direct TCP peer and from XFORWARD ----
 
 describe('rhsbl end to end (real NSD): accept, reject, defer, immunity in both modes', () => {
-  let downstream: FakeSmtpServer;
-  let proxy: TestProxy | undefined;
-  before(async () => {
-    downstream = await FakeSmtpServer.start();
-  });
-  after(() => downstream.close());
-  afterEach(async () => {
-    await proxy?.close();
-    proxy = undefined;
-  });
-
-  const start = async (config: Record<string, unknown>): Promise<TestProxy> => {
-    await proxy?.close();
-    proxy = await startProxy({
-      mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}` },
-      dns: { servers: [dns.server], timeout: 1, tries: 1 },
-      ...config,
-    });
-    return proxy;
-  };
+  const e2e = proxyPerTest();
+  const start = (config: Record<string, unknown>): Promise<TestProxy> => e2e.start({ dns: { servers: [dns.server], timeout: 1, tries: 1 }, ...config });
   const MSG = 'From: <a@good.example>\r\nSubject: e2e\r\n\r\nhello\r\n';
   const DEFER_ZONES = ['rhs.test', { zone: 'broken.test', on_lookup_error: 'defer' }];
 
   test('standalone, direct TCP peer: clean names accepted and relayed; a listed HELO or sender refused at RCPT, postmaster still reachable', async () => {
     const p = await start({ plugins: [{ rhsbl: { zones: ['rhs.test'] } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const ok = await connectFrom('127.0.0.5', p.port);
     const r = await transaction(ok, 'a@good.example', ['user@example.test'], { helo: 'client.good.example', message: MSG });
     assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
     await ok.quit();
-    assert.equal(downstream.messages.length, before + 1);
+    assert.equal(e2e.downstream.messages.length, before + 1);
 
     const helo = await connectFrom('127.0.0.5', p.port);
     const h = await transaction(helo, 'a@good.example', ['user@example.test', 'postmaster@example.test'], { helo: 'bad-helo.example', message: MSG });
     assert.deepEqual(h.rcpt, [550, 250], h.texts.join(' | '));
     assert.match(h.texts[2]!, /HELO name bad-helo\.example is listed in rhs\.test/);
     await helo.quit();
-    assert.deepEqual(downstream.messages.at(-1)!.rcptTo, ['<postmaster@example.test>']);
+    assert.deepEqual(e2e.downstream.messages.at(-1)!.rcptTo, ['<postmaster@example.test>']);
 
     const sender = await connectFrom('127.0.0.5', p.port);
     const s = await transaction(sender, 'x@spam.example', ['user@example.test'], { helo: 'client.good.example', message: MSG });
     assert.deepEqual(s.rcpt, [550]);
     assert.match(s.texts[2]!, /Sender domain spam\.example is listed in rhs\.test: spam domain, see https:\/\/rhs\.test\/spam\.example/);
     await sender.quit();
-    assert.equal(downstream.messages.length, before + 2);
+    assert.equal(e2e.downstream.messages.length, before + 2);
   });
 
   test('standalone: a zone failing under on_lookup_error defer gives 4xx; a listing still gives 5xx', async () => {
     const p = await start({ plugins: [{ rhsbl: { zones: DEFER_ZONES } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     const t = await connectFrom('127.0.0.5', p.port);
     const r = await transaction(t, 'a@good.example', ['user@example.test'], { helo: 'client.good.example', message: MSG });
     assert.equal(r.rcpt[0], 450, r.texts.join(' | '));
@@ -269,7 +250,7 @@ describe('rhsbl end to end (real NSD): accept, reject, defer, immunity in both m
     const listed = await connectFrom('127.0.0.5', p.port);
     assert.deepEqual((await transaction(listed, 'x@spam.example', ['user@example.test'], { helo: 'client.good.example', message: MSG })).rcpt, [550]);
     await listed.quit();
-    assert.equal(downstream.messages.length, before);
+    assert.equal(e2e.downstream.messages.length, before);
   });
 
   test('standalone: relay_clients, whitelisted HELO, whitelisted sender and immune_senders are immune', async () => {
@@ -291,13 +272,13 @@ describe('rhsbl end to end (real NSD): accept, reject, defer, immunity in both m
 
   test("postfix mode: the XFORWARD HELO is checked, never Postfix's own EHLO name; sender, defer and immunity as standalone", async () => {
     const p = await start({ mode: 'postfix', plugins: [{ rhsbl: { zones: ['rhs.test'] } }] });
-    const before = downstream.messages.length;
+    const before = e2e.downstream.messages.length;
     // Postfix greets with its own (here: listed) name; the client's HELO comes in XFORWARD.
     const ok = await postfixClient(p.port, '192.0.2.50', 'client.good.example', 'bad-helo.example');
     const r = await transaction(ok, 'a@good.example', ['user@example.test'], { message: MSG });
     assert.deepEqual([r.mail, r.rcpt, r.eod], [250, [250], 250], r.texts.join(' | '));
     await ok.quit();
-    assert.equal(downstream.messages.length, before + 1);
+    assert.equal(e2e.downstream.messages.length, before + 1);
 
     const sender = await postfixClient(p.port, '192.0.2.50', 'client.good.example');
     const s = await transaction(sender, 'x@spam.example', ['user@example.test'], { message: MSG });
@@ -320,6 +301,6 @@ describe('rhsbl end to end (real NSD): accept, reject, defer, immunity in both m
     const neither = await postfixClient(i.port, '192.0.2.77', 'client.good.example');
     assert.deepEqual((await transaction(neither, 'x@spam.example', ['user@example.test'], { message: MSG })).rcpt, [550], 'anyone else is checked');
     await neither.quit();
-    assert.equal(downstream.messages.length, before + 3);
+    assert.equal(e2e.downstream.messages.length, before + 3);
   });
 });
