@@ -45,6 +45,7 @@ export class ProxyServer {
     this.perAddress.set(addr, (this.perAddress.get(addr) ?? 0) + 1);
     const session = new Session({
       runtime: this.runtime,
+      id: conn.id,
       peer: { addr, port: conn.remotePort },
       local: { addr: conn.localAddress, port: conn.localPort },
       secure: !!conn.secure,

@@ -14,7 +14,8 @@ import { isPositive, reply, replyText, type Reply } from '../smtp/reply';
 import { rfc5322Date } from '../util/date';
 import { Results } from './results';
 import type { Address, AuthInfo, ClientInfo, ClientInput, ConnectionState, Endpoint, Immunity } from './state';
-import { Transaction, forwardedRcptArgument, newConnectionId, toAddress } from './transaction';
+import { Transaction, forwardedRcptArgument, toAddress } from './transaction';
+import { newConnectionId } from '../util/connection-id';
 
 /** Where a hook sits in the dialogue; a deferred rejection is delivered at a later stage. */
 const STAGE: Partial<Record<HookName, number>> = {
@@ -74,6 +75,8 @@ class SessionState implements ConnectionState {
 
 export interface SessionOptions {
   runtime: Runtime;
+  /** The front end's id for the connection, so that both log under one name. */
+  id?: string;
   peer: Endpoint;
   local: Endpoint;
   secure: boolean;
@@ -108,7 +111,7 @@ export class Session implements FrontendHandler {
     this.opts = opts;
     this.rt = opts.runtime;
     this.rt.users++;
-    const id = newConnectionId();
+    const id = opts.id ?? newConnectionId();
     const cfg = this.rt.config;
     this.state = new SessionState(id, cfg.mode, { addr: opts.peer.addr, port: opts.peer.port, via: 'tcp' }, opts.peer, opts.local, opts.secure);
     this.state.input = opts.input;

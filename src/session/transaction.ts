@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { encodeXtext } from '../backend/xtext';
 import type { Message } from '../message/types';
 import type { PathArgument } from '../smtp/frontend';
@@ -53,11 +52,4 @@ export class Transaction implements TransactionState {
     this.message = undefined;
     await m?.dispose();
   }
-}
-
-/** Unique across restarts and workers without a random draw per connection: a random prefix per process, then a counter. */
-const ID_PREFIX = randomBytes(4).toString('hex');
-let idCounter = 0;
-export function newConnectionId(): string {
-  return `${ID_PREFIX}${(idCounter++).toString(36).padStart(4, '0')}`;
 }

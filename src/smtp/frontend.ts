@@ -22,6 +22,7 @@ import type { CidrList } from '../util/cidr';
 import type { AuthMechanism, AuthRequest } from '../plugin/api';
 import { SaslExchange, type SaslStep } from '../auth/sasl';
 import { isPositive, type Reply } from './reply';
+import { newConnectionId } from '../util/connection-id';
 
 /** A MAIL FROM / RCPT TO argument: smtp-server's parse plus the text as received. */
 export interface PathArgument {
@@ -554,6 +555,22 @@ export class FrontendServer extends SMTPServer {
     super(options);
     this.trustedProxies = opts.trustedProxies;
     this.tlsEnabled = !!opts.tls;
+  }
+
+  /**
+   * smtp-server draws 10 random bytes and goes through a BigInt for every
+   * connection's id (1-2% of the CPU of a small message); prequeue's counter
+   * ids are unique enough and are the ones the log uses anyway. A PROXY header
+   * (never enabled here) would still be read by smtp-server itself.
+   */
+  override _handleProxy(socket: Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+    if (this._expectsProxyHeader(socket)) {
+      super._handleProxy(socket, callback);
+      return;
+    }
+    const id = newConnectionId();
+    // Deferred like smtp-server's own, so the connection starts on a fresh turn of the event loop.
+    setImmediate(() => callback(null, { id, ignore: false }));
   }
 
   override connect(socket: Socket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {

@@ -208,4 +208,21 @@ describe('logging', () => {
     assert.match(JSON.stringify(m.results), /headers/);
     assert.ok(m.conn && m.txn);
   });
+
+  test('each connection logs under one id, the same as smtp-server gives it, and no two connections share one', async () => {
+    const p = await setup();
+    const a = await SmtpTalk.connect(p.port);
+    const b = await SmtpTalk.connect(p.port);
+    const frontend = (p.server as unknown as { smtp: { connections: Set<{ id: string }> } }).smtp;
+    const ids = [...frontend.connections].map((c) => c.id);
+    assert.equal(ids.length, 2);
+    assert.notEqual(ids[0], ids[1]);
+    await a.cmd('EHLO a.example');
+    await b.cmd('EHLO b.example');
+    await a.quit();
+    await b.quit();
+    // The session's own log lines (the dialogue at debug) name the connection by the front end's id.
+    const logged = new Set(p.log.lines.filter((l) => /^[CS]: /.test(l.msg)).map((l) => l.meta.conn));
+    assert.deepEqual([...logged].sort(), [...ids].sort());
+  });
 });
