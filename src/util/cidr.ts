@@ -8,10 +8,15 @@ export interface Cidr {
 }
 
 function toBigInt(addr: string): { family: 4 | 6; value: bigint } | undefined {
-  const v4mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
-  if (v4mapped) addr = v4mapped[1]!;
+  if (addr.includes(':')) {
+    const v4mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
+    if (v4mapped) addr = v4mapped[1]!;
+  }
   if (isIPv4(addr)) {
-    return { family: 4, value: addr.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n) };
+    // Every connection is checked against two lists: one BigInt per address, not one per octet.
+    let n = 0;
+    for (const o of addr.split('.')) n = n * 256 + Number(o);
+    return { family: 4, value: BigInt(n) };
   }
   if (isIP(addr) !== 6) return undefined;
   let [head, tail] = addr.split('::') as [string, string | undefined];
