@@ -24,7 +24,7 @@ const SESSIONS = [1, 10, 50] as const;
 /*
  * Messages per run, sized so that a run takes from half a second (direct) to a
  * few seconds (through prequeue) on a 2-core machine: long enough that process
- * start-up (a few ms) is noise, short enough that nine cells of three rounds of
+ * start-up (a few ms) is noise, short enough that nine cells of five rounds of
  * both paths stay well within five minutes.
  */
 const MESSAGES: Record<SizeName, { full: number; quick: number; warmup: number }> = {
@@ -36,9 +36,12 @@ const MESSAGES: Record<SizeName, { full: number; quick: number; warmup: number }
  * On a VM the one-session rate swings by 2x with how idle the other vCPU is
  * (waking a halted vCPU is slow), and that drifts within a minute. Alternating
  * direct and proxied runs and taking the median of the paired ratios keeps a
- * drift from landing on one path only.
+ * drift from landing on one path only; every other pair runs proxied first, so
+ * that a steady drift within a pair favours neither path. Five pairs: on the
+ * 2-core development VM one 1 KB pair's ratio ranged from 0.26 to 0.75 within
+ * a run, and with three pairs two unlucky ones decided the median.
  */
-const ROUNDS = { full: 3, quick: 1 };
+const ROUNDS = { full: 5, quick: 1 };
 const RSS_SAMPLE_MS = 50;
 /* A run whose counter has not moved for this long is hung, not slow: even 5 MB at 1 session completes a message every ~0.1 s. */
 const STALL_MS = 15_000;
@@ -100,7 +103,7 @@ const USAGE = `usage: node dist/bench/run.js [--quick] [--json] [--cells SIZE:SE
   --json           print the results as JSON on stdout (progress still goes to stderr)
   --cells LIST     only these cells, e.g. 1k:1,5m:10 (sizes: ${Object.keys(SIZES).join(', ')}; any session count)
   --messages N     messages per run for every cell, instead of the per-size defaults
-  --rounds R       direct/proxied pairs per cell, median reported (default 3, --quick 1)
+  --rounds R       direct/proxied pairs per cell, median reported (default 5, --quick 1)
   --timeout S      give up on one smtp-source run after S seconds (default 120)
   --node-arg ARG   pass ARG to the node running prequeue (repeatable), e.g. --node-arg=--max-semi-space-size=4`;
 
@@ -605,23 +608,36 @@ async function main(): Promise<number> {
       let pqTicks = 0;
       let pqMessages = 0;
       const c0 = cpuSnapshot(pq.child.pid, sink.child.pid);
-      for (let round = 0; round < opts.rounds; round++) {
-        const d = await measure(sink, sink.port, bytes, cell.sessions, messages, opts.timeoutMs);
+      // Fixed for the cell (a restart happens between cells), and typed as such inside the closures.
+      const cellSink = sink;
+      const cellPq = pq;
+      const runDirect = async (): Promise<RunResult> => {
+        const d = await measure(cellSink, cellSink.port, bytes, cell.sessions, messages, opts.timeoutMs);
         directRuns.push(d);
-        if (d.error) break;
-        const done = sampleRss(pq);
-        const a = cpuSnapshot(pq.child.pid, sink.child.pid);
-        const p = await measure(sink, pq.port, bytes, cell.sessions, messages, opts.timeoutMs);
-        const b = cpuSnapshot(pq.child.pid, sink.child.pid);
+        return d;
+      };
+      const runProxied = async (): Promise<RunResult> => {
+        const done = sampleRss(cellPq);
+        const a = cpuSnapshot(cellPq.child.pid, cellSink.child.pid);
+        const p = await measure(cellSink, cellPq.port, bytes, cell.sessions, messages, opts.timeoutMs);
+        const b = cpuSnapshot(cellPq.child.pid, cellSink.child.pid);
         const rss = done();
         if (rss !== null) rssPeakKB = Math.max(rssPeakKB ?? 0, rss);
         proxiedRuns.push(p);
-        if (p.error) break;
         // A smaller count means prequeue was restarted under us: that run's CPU is unknown.
-        if (b.prequeue >= a.prequeue) {
+        if (!p.error && b.prequeue >= a.prequeue) {
           pqTicks += b.prequeue - a.prequeue;
           pqMessages += messages;
         }
+        return p;
+      };
+      for (let round = 0; round < opts.rounds; round++) {
+        const [first, second] = round % 2 === 0 ? [runDirect, runProxied] : [runProxied, runDirect];
+        const x = await first();
+        if (x.error) break;
+        const y = await second();
+        if (y.error) break;
+        const [d, p] = round % 2 === 0 ? [x, y] : [y, x];
         ratios.push(p.rate / d.rate);
       }
       const other = otherCores(c0, cpuSnapshot(pq.child.pid, sink.child.pid));
