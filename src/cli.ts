@@ -72,7 +72,7 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
   const server = new ProxyServer(await buildRuntime(loaded, log));
   const addr = await server.listen();
   const c = loaded.config;
-  governHeap({ semiSpaceMb: c.memory.semi_space_mb });
+  governHeap({ semiSpaceMb: c.memory.semi_space_mb, oldGrowthPercent: c.memory.old_space_growth_percent });
   log.info(
     `prequeue ${VERSION} listening on ${addr.address}:${addr.port} (${c.mode} mode), downstream ${c.downstream.address.host}:${c.downstream.address.port}`,
     { plugins: loaded.plugins.map((p) => p.id).join(',') },
@@ -84,7 +84,7 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
         const next = loadConfigFile(opts.file, opts.overrides);
         const nextLog = createLogger(next.config.log, cluster.isWorker ? { worker: cluster.worker?.id } : {});
         server.reload(await buildRuntime(next, nextLog));
-        governHeap({ semiSpaceMb: next.config.memory.semi_space_mb });
+        governHeap({ semiSpaceMb: next.config.memory.semi_space_mb, oldGrowthPercent: next.config.memory.old_space_growth_percent });
         nextLog.info(`configuration reloaded from ${opts.file}`, { plugins: next.plugins.map((p) => p.id).join(',') });
       } catch (err) {
         log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);

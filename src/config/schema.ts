@@ -304,9 +304,16 @@ export const configSchema = z
          * in the bench.
          */
         semi_space_mb: z.number().int().min(0).max(64).default(4),
+        /**
+         * How far (in %) V8's old generation may grow past what the last full
+         * collection left live before the next full one (V8's
+         * --heap-growing-percent, set from inside); 0 leaves V8's own factor,
+         * which is up to 300% for a heap this small.
+         */
+        old_space_growth_percent: z.number().int().min(0).max(400).default(50),
       })
       .strict()
-      .default({ semi_space_mb: 4 }),
+      .default({ semi_space_mb: 4, old_space_growth_percent: 50 }),
     /** Worker processes sharing the listen socket: a number, or "auto" for one per CPU core. */
     workers: z.union([z.number().int().min(1).max(64), z.literal('auto')]).default(1),
     log: z
