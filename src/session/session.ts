@@ -15,7 +15,6 @@ import { rfc5322Date } from '../util/date';
 import { Results } from './results';
 import type { Address, AuthInfo, ClientInfo, ClientInput, ConnectionState, Endpoint, Immunity } from './state';
 import { Transaction, forwardedRcptArgument, toAddress } from './transaction';
-import { newConnectionId } from '../util/connection-id';
 
 /** Where a hook sits in the dialogue; a deferred rejection is delivered at a later stage. */
 const STAGE: Partial<Record<HookName, number>> = {
@@ -76,7 +75,7 @@ class SessionState implements ConnectionState {
 export interface SessionOptions {
   runtime: Runtime;
   /** The front end's id for the connection, so that both log under one name. */
-  id?: string;
+  id: string;
   peer: Endpoint;
   local: Endpoint;
   secure: boolean;
@@ -111,7 +110,7 @@ export class Session implements FrontendHandler {
     this.opts = opts;
     this.rt = opts.runtime;
     this.rt.users++;
-    const id = opts.id ?? newConnectionId();
+    const id = opts.id;
     const cfg = this.rt.config;
     this.state = new SessionState(id, cfg.mode, { addr: opts.peer.addr, port: opts.peer.port, via: 'tcp' }, opts.peer, opts.local, opts.secure);
     this.state.input = opts.input;
