@@ -6,6 +6,7 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile, type Overrides } from './config/load';
+import type { Config } from './config/schema';
 import { createLogger, MemoryLogger, type Logger } from './log';
 import { buildRuntime, closeRuntime } from './runtime';
 import { ProxyServer } from './server';
@@ -67,12 +68,17 @@ async function check(opts: CliOptions): Promise<number> {
   return 0;
 }
 
+/** The heap governor's settings from the config's `memory:` (at start and at every reload). */
+function governHeapBy(c: Config): void {
+  governHeap({ semiSpaceMb: c.memory.semi_space_mb, oldGrowthPercent: c.memory.old_space_growth_percent });
+}
+
 async function serve(opts: CliOptions, log: Logger): Promise<void> {
   const loaded = loadConfigFile(opts.file, opts.overrides);
   const server = new ProxyServer(await buildRuntime(loaded, log));
   const addr = await server.listen();
   const c = loaded.config;
-  governHeap({ semiSpaceMb: c.memory.semi_space_mb, oldGrowthPercent: c.memory.old_space_growth_percent });
+  governHeapBy(c);
   log.info(
     `prequeue ${VERSION} listening on ${addr.address}:${addr.port} (${c.mode} mode), downstream ${c.downstream.address.host}:${c.downstream.address.port}`,
     { plugins: loaded.plugins.map((p) => p.id).join(',') },
@@ -84,7 +90,7 @@ async function serve(opts: CliOptions, log: Logger): Promise<void> {
         const next = loadConfigFile(opts.file, opts.overrides);
         const nextLog = createLogger(next.config.log, cluster.isWorker ? { worker: cluster.worker?.id } : {});
         server.reload(await buildRuntime(next, nextLog));
-        governHeap({ semiSpaceMb: next.config.memory.semi_space_mb, oldGrowthPercent: next.config.memory.old_space_growth_percent });
+        governHeapBy(next.config);
         nextLog.info(`configuration reloaded from ${opts.file}`, { plugins: next.plugins.map((p) => p.id).join(',') });
       } catch (err) {
         log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
