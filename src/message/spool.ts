@@ -34,6 +34,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { noteMessageBytes } from '../heap';
+import { afterDrainOrClose } from '../util/streams';
 import { HeaderScanner, type HeaderBlock } from './headers';
 import { FileStore, MemoryStore, SpooledMessage, type SpoolStore } from './message';
 
@@ -119,6 +120,7 @@ const BLOCK_SIZE = 64 * 1024;
  * that V8 counts as external memory (more frequent GCs at thousands a second).
  */
 const FIRST_BLOCK_SIZE = 4 * 1024;
+const blockSize = (index: number): number => (index === 0 ? FIRST_BLOCK_SIZE : BLOCK_SIZE);
 /** What a spool queues for its temp file before the client's socket is paused; it counts once per message arriving. */
 const FILE_HIGH_WATER_MARK = 128 * 1024;
 
@@ -540,13 +542,7 @@ export class Spool extends Writable {
   private pass(sink: Writable, out: Buffer, callback: (error?: Error | null) => void): void {
     if (this.violations.length > 0 || sink.destroyed || sink.writableEnded) return callback();
     if (sink.write(out)) return callback();
-    const go = (): void => {
-      sink.off('drain', go);
-      sink.off('close', go);
-      callback();
-    };
-    sink.on('drain', go);
-    sink.on('close', go);
+    afterDrainOrClose(sink, callback);
   }
 
   private store(out: Buffer, callback: (error?: Error | null) => void): void {
@@ -605,7 +601,7 @@ export class Spool extends Writable {
   }
 
   private nextBlockSize(): number {
-    return this.blocksMade++ ? BLOCK_SIZE : FIRST_BLOCK_SIZE;
+    return blockSize(this.blocksMade++);
   }
 
   /** Memory that keeping `out` in memory would add: itself, or the new blocks it would be copied into. */
@@ -615,7 +611,7 @@ export class Spool extends Writable {
     let size = 0;
     let made = this.blocksMade;
     while (need > 0) {
-      const b = made++ ? BLOCK_SIZE : FIRST_BLOCK_SIZE;
+      const b = blockSize(made++);
       size += b;
       need -= b;
     }

@@ -14,6 +14,7 @@
  * the one place that bends smtp-server.
  */
 import type { SMTPStream } from 'smtp-server/lib/smtp-stream';
+import { afterDrainOrClose } from '../util/streams';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -71,12 +72,5 @@ export function feedDataStream(this: SMTPStream, chunk: Buffer, done: Callback):
   this._countDataBytes(buf.length);
   if (!dataStream.writable) return done();
   if (dataStream.write(buf) || dataStream.destroyed) return done();
-  // A stream that the application destroys never drains, it only closes.
-  const onDrain = (): void => {
-    dataStream.removeListener('drain', onDrain);
-    dataStream.removeListener('close', onDrain);
-    done();
-  };
-  dataStream.once('drain', onDrain);
-  dataStream.once('close', onDrain);
+  afterDrainOrClose(dataStream, done);
 }
