@@ -98,25 +98,20 @@ test('over the size limit: 552, and the downstream gets no dot', async () => {
   t.destroy();
 });
 
-test('the downstream refuses DATA: the client\'s message is taken in and answered with the refusal', async () => {
-  const p = await setup({ data: '554 5.7.1 no data today' });
-  const t = await inData(p);
-  t.write(HEAD + 'y'.repeat(70).concat('\r\n').repeat(3000) + '.\r\n');
-  const r = await t.reply();
-  assert.equal(r.code, 554);
-  assert.equal(downstream!.messages.length, 0);
-  t.destroy();
-});
-
-test('the downstream drops the connection mid-message: 451, never 250', async () => {
-  const p = await setup({ data: { closeMidData: 1000 } });
-  const t = await inData(p);
-  t.write(HEAD + 'z'.repeat(70).concat('\r\n').repeat(3000) + '.\r\n');
-  const r = await t.reply();
-  assert.equal(r.code, 451);
-  assert.equal(downstream!.messages.length, 0);
-  t.destroy();
-});
+for (const [label, script, code] of [
+  ["refuses DATA: the client's message is taken in and answered with the refusal", { data: '554 5.7.1 no data today' }, 554],
+  ['drops the connection mid-message: 451, never 250', { data: { closeMidData: 1000 } }, 451],
+] as [string, FakeScript, number][]) {
+  test(`the downstream ${label}`, async () => {
+    const p = await setup(script);
+    const t = await inData(p);
+    t.write(HEAD + 'y'.repeat(70).concat('\r\n').repeat(3000) + '.\r\n');
+    const r = await t.reply();
+    assert.equal(r.code, code);
+    assert.equal(downstream!.messages.length, 0);
+    t.destroy();
+  });
+}
 
 test('the client goes away mid-message: the downstream link is dropped without the dot', async () => {
   const p = await setup();
