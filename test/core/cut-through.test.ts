@@ -4,32 +4,24 @@
  * the client's. Whatever goes wrong before that dot, the downstream never gets
  * it and the client never gets a 250.
  */
-import { afterEach, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FakeSmtpServer, type FakeScript } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { closedAfterEach, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 
-let downstream: FakeSmtpServer | undefined;
-let proxy: TestProxy | undefined;
-
-afterEach(async () => {
-  await proxy?.close();
-  await downstream?.close();
-  proxy = undefined;
-  downstream = undefined;
-});
+const env = closedAfterEach();
 
 async function setup(script: FakeScript = {}, extra: Record<string, unknown> = {}): Promise<TestProxy> {
-  downstream = await FakeSmtpServer.start({ script });
-  proxy = await startProxy({
+  env.downstream = await FakeSmtpServer.start({ script });
+  env.proxy = await startProxy({
     mode: 'standalone',
     received_header: 'never',
     plugins: [],
-    downstream: { address: `127.0.0.1:${downstream.port}`, timeouts: { connect: 1, greeting: 0.5, command: 0.5, data: 0.5, eod: 0.5 } },
+    downstream: { address: `127.0.0.1:${env.downstream.port}`, timeouts: { connect: 1, greeting: 0.5, command: 0.5, data: 0.5, eod: 0.5 } },
     ...extra,
   });
-  return proxy;
+  return env.proxy;
 }
 
 /** A client in the middle of DATA (354 received). */
@@ -45,7 +37,7 @@ async function inData(p: TestProxy): Promise<SmtpTalk> {
 /** Waits until the downstream's first connection has received `text`. */
 async function downstreamSees(text: string, ms = 3000): Promise<void> {
   const until = Date.now() + ms;
-  while (!downstream!.sessions[0]?.raw.toString('latin1').includes(text)) {
+  while (!env.downstream!.sessions[0]?.raw.toString('latin1').includes(text)) {
     if (Date.now() > until) assert.fail(`the downstream never got ${JSON.stringify(text)}`);
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -58,14 +50,14 @@ test('the message reaches the downstream while it arrives; the final dot only af
   const t = await inData(p);
   t.write(HEAD);
   await downstreamSees('first part');
-  const raw = downstream!.sessions[0]!.raw.toString('latin1');
+  const raw = env.downstream!.sessions[0]!.raw.toString('latin1');
   assert.ok(!raw.slice(raw.indexOf('DATA')).includes('\r\n.\r\n'), 'no final dot before the client sent one');
-  assert.equal(downstream!.messages.length, 0);
+  assert.equal(env.downstream!.messages.length, 0);
   t.write(Buffer.from('second part \xe4\r\n.\r\n', 'latin1'));
   const r = await t.reply();
   assert.equal(r.code, 250);
   assert.deepEqual(r.lines, ['Ok: queued as CUT1']);
-  assert.equal(downstream!.messages[0]!.data.toString('latin1'), 'From: a@example.net\r\nSubject: cut\r\n\r\nfirst part\r\n.dot line\r\nsecond part \xe4\r\n');
+  assert.equal(env.downstream!.messages[0]!.data.toString('latin1'), 'From: a@example.net\r\nSubject: cut\r\n\r\nfirst part\r\n.dot line\r\nsecond part \xe4\r\n');
   t.destroy();
 });
 
@@ -77,13 +69,13 @@ test('a bare LF after part of the message was relayed: 550 to the client, and th
   t.write('smuggle\n.\nMAIL FROM:<x@evil.example>\r\n.\r\n');
   const r = await t.reply();
   assert.equal(r.code, 550);
-  await downstream!.sessions[0]!.whenClosed();
-  assert.equal(downstream!.messages.length, 0);
-  assert.ok(!downstream!.sessions[0]!.raw.toString('latin1').includes('smuggle'));
+  await env.downstream!.sessions[0]!.whenClosed();
+  assert.equal(env.downstream!.messages.length, 0);
+  assert.ok(!env.downstream!.sessions[0]!.raw.toString('latin1').includes('smuggle'));
   // The client's connection goes on: the next message is relayed.
   const next = await t.send('a@example.net', ['b@example.test'], 'Subject: next\r\n\r\nok\r\n');
   assert.equal(next.eod?.code, 250);
-  assert.equal(downstream!.messages.length, 1);
+  assert.equal(env.downstream!.messages.length, 1);
   t.destroy();
 });
 
@@ -93,8 +85,8 @@ test('over the size limit: 552, and the downstream gets no dot', async () => {
   t.write(HEAD + 'x'.repeat(70).concat('\r\n').repeat(60) + '.\r\n');
   const r = await t.reply();
   assert.equal(r.code, 552);
-  await downstream!.sessions[0]!.whenClosed();
-  assert.equal(downstream!.messages.length, 0);
+  await env.downstream!.sessions[0]!.whenClosed();
+  assert.equal(env.downstream!.messages.length, 0);
   t.destroy();
 });
 
@@ -108,7 +100,7 @@ for (const [label, script, code] of [
     t.write(HEAD + 'y'.repeat(70).concat('\r\n').repeat(3000) + '.\r\n');
     const r = await t.reply();
     assert.equal(r.code, code);
-    assert.equal(downstream!.messages.length, 0);
+    assert.equal(env.downstream!.messages.length, 0);
     t.destroy();
   });
 }
@@ -119,8 +111,8 @@ test('the client goes away mid-message: the downstream link is dropped without t
   t.write(HEAD);
   await downstreamSees('first part');
   t.destroy();
-  await downstream!.sessions[0]!.whenClosed();
-  assert.equal(downstream!.messages.length, 0);
+  await env.downstream!.sessions[0]!.whenClosed();
+  assert.equal(env.downstream!.messages.length, 0);
 });
 
 for (const [label, extra] of [
@@ -133,12 +125,12 @@ for (const [label, extra] of [
     const t = await inData(p);
     t.write(HEAD);
     await new Promise((r) => setTimeout(r, 300));
-    const raw = downstream!.sessions[0]?.raw.toString('latin1') ?? '';
+    const raw = env.downstream!.sessions[0]?.raw.toString('latin1') ?? '';
     assert.ok(!raw.includes('first part'), 'nothing of the message before its end');
     assert.ok(!raw.includes('DATA'), 'not even DATA');
     t.write('end\r\n.\r\n');
     assert.equal((await t.reply()).code, 250);
-    assert.match(downstream!.messages[0]!.data.toString('latin1'), /first part\r\n\.dot line\r\nend\r\n$/);
+    assert.match(env.downstream!.messages[0]!.data.toString('latin1'), /first part\r\n\.dot line\r\nend\r\n$/);
     t.destroy();
   });
 }

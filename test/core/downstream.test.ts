@@ -6,33 +6,26 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FakeSmtpServer, type FakeScript } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { closedAfterEach, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { scripted } from '../fixtures/plugins/scripted';
 import { deny } from '../../src/plugin/decision';
 
 const MESSAGE = 'From: a@example.net\r\nTo: b@example.test\r\nSubject: test\r\n\r\n.leading dot\r\n..two dots\r\n.\r\n8-bit: \xe4\xf6\xfc\r\n';
 
-let downstream: FakeSmtpServer | undefined;
-let proxy: TestProxy | undefined;
+const env = closedAfterEach();
 
-afterEach(async () => {
-  await proxy?.close();
-  await downstream?.close();
-  proxy = undefined;
-  downstream = undefined;
-  scripted.reset();
-});
+afterEach(() => scripted.reset());
 
 /** Short downstream timeouts so "hang" cases finish quickly. */
 async function setup(script: FakeScript, extra: Record<string, unknown> = {}): Promise<TestProxy> {
-  downstream = await FakeSmtpServer.start({ script });
-  proxy = await startProxy({
+  env.downstream = await FakeSmtpServer.start({ script });
+  env.proxy = await startProxy({
     mode: 'standalone',
-    downstream: { address: `127.0.0.1:${downstream.port}`, timeouts: { connect: 1, greeting: 0.5, command: 0.5, data: 0.5, eod: 0.5 } },
+    downstream: { address: `127.0.0.1:${env.downstream.port}`, timeouts: { connect: 1, greeting: 0.5, command: 0.5, data: 0.5, eod: 0.5 } },
     ...extra,
   });
-  return proxy;
+  return env.proxy;
 }
 
 async function transaction(p: TestProxy, message = MESSAGE) {
@@ -50,7 +43,7 @@ describe('downstream replies are relayed', () => {
     const r = await transaction(p);
     assert.equal(r.eod?.code, 250);
     assert.deepEqual(r.eod?.lines, ['Ok: queued as ABC123']);
-    const m = downstream!.messages[0]!;
+    const m = env.downstream!.messages[0]!;
     // Standalone mode adds our Received header on top; the rest is the client's bytes.
     const text = m.data.toString('latin1');
     assert.match(text, /^Received: from client\.example\.net \(unknown \[127\.0\.0\.1\]\) by pq\.example\.test \(prequeue\) with ESMTP id \S+ for <b@example\.test>; /);
@@ -68,7 +61,7 @@ describe('downstream replies are relayed', () => {
     assert.equal((await t.cmd('RCPT TO:<b@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.test')).code, 250);
     await t.cmd('RSET');
     await t.quit();
-    const lines = downstream!.sessions[0]!.lines;
+    const lines = env.downstream!.sessions[0]!.lines;
     assert.ok(lines.includes('MAIL FROM:<a@example.net> SIZE=400 BODY=8BITMIME RET=HDRS ENVID=abc+2B123'), lines.join('\n'));
     assert.ok(lines.includes('RCPT TO:<b@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.test'));
   });
@@ -99,8 +92,8 @@ describe('downstream failures become 4xx, never 250', () => {
     const ds = await FakeSmtpServer.start();
     const port = ds.port;
     await ds.close();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${port}` } });
-    const r = await transaction(proxy);
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${port}` } });
+    const r = await transaction(env.proxy);
     assert.equal(r.mail.code, 451);
     assert.equal(r.mail.enhanced, '4.4.1');
   });
@@ -128,17 +121,17 @@ describe('downstream failures become 4xx, never 250', () => {
       assert.ok(got, 'a reply');
       assert.ok(got.code >= 400 && got.code < 500, `expected 4xx, got ${got.code} ${got.lines.join(' ')}`);
       // Past the final dot the downstream holds the whole message; what counts is that it never said 250.
-      if (!name.startsWith('end-of-data')) assert.equal(downstream!.messages.length, 0, 'no complete message downstream');
+      if (!name.startsWith('end-of-data')) assert.equal(env.downstream!.messages.length, 0, 'no complete message downstream');
     });
   }
 
   test('a downstream slow at every step, each within its own timeout, still cannot hold MAIL past reply_deadline', async () => {
     const slow = { reply: undefined, delayMs: 400 };
-    downstream = await FakeSmtpServer.start({
+    env.downstream = await FakeSmtpServer.start({
       script: { greeting: { ...slow, reply: '220 slow ESMTP' }, ehlo: { ...slow, reply: '250-slow\n250 XFORWARD NAME ADDR PROTO HELO' }, xforward: { ...slow, reply: '250 2.0.0 Ok' }, mail: { ...slow, reply: '250 2.1.0 Ok' } },
     });
-    proxy = await startProxy({ mode: 'standalone', reply_deadline: 1, data_post_budget: 0.5, downstream: { address: `127.0.0.1:${downstream.port}` } });
-    const t = await SmtpTalk.connect(proxy.port);
+    env.proxy = await startProxy({ mode: 'standalone', reply_deadline: 1, data_post_budget: 0.5, downstream: { address: `127.0.0.1:${env.downstream.port}` } });
+    const t = await SmtpTalk.connect(env.proxy.port);
     await t.cmd('EHLO c.example');
     const started = Date.now();
     const r = await t.cmd('MAIL FROM:<a@example.net>');
@@ -161,7 +154,7 @@ describe('downstream failures become 4xx, never 250', () => {
     });
     assert.equal((await transaction(p)).mail.code, 451);
     assert.equal((await transaction(p)).eod?.code, 250);
-    assert.equal(downstream!.messages.length, 1);
+    assert.equal(env.downstream!.messages.length, 1);
   });
 });
 
@@ -178,10 +171,10 @@ describe('rejections abort the downstream without a final dot', () => {
     const again = await t.send('a@example.net', ['b@example.test'], MESSAGE);
     assert.equal(again.eod?.code, 250);
     await t.quit();
-    assert.equal(downstream!.messages.length, 1);
-    const raw = downstream!.sessions.map((s) => s.raw.toString('latin1')).join('');
+    assert.equal(env.downstream!.messages.length, 1);
+    const raw = env.downstream!.sessions.map((s) => s.raw.toString('latin1')).join('');
     assert.equal(raw.split('\r\n.\r\n').length - 1, 1, 'exactly one final dot went downstream');
-    assert.ok(downstream!.sessions[0]!.lines.includes('RSET'));
+    assert.ok(env.downstream!.sessions[0]!.lines.includes('RSET'));
   });
 
   test('a recipient denied by a plugin never reaches the downstream', async () => {
@@ -195,72 +188,72 @@ describe('rejections abort the downstream without a final dot', () => {
     );
     assert.equal(r.eod?.code, 250);
     await t.quit();
-    assert.deepEqual(downstream!.messages[0]!.rcptTo, ['<good@example.test>']);
+    assert.deepEqual(env.downstream!.messages[0]!.rcptTo, ['<good@example.test>']);
   });
 });
 
 describe('downstream link reuse', () => {
   test('a clean link serves the next client, with XFORWARD sent afresh for each transaction', async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` } });
+    env.downstream = await FakeSmtpServer.start();
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}` } });
     for (const helo of ['first.example', 'second.example']) {
-      const t = await SmtpTalk.connect(proxy.port);
+      const t = await SmtpTalk.connect(env.proxy.port);
       assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n', helo)).eod?.code, 250);
       await t.quit();
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.equal(downstream.sessions.length, 1, 'one downstream connection for both clients');
+    assert.equal(env.downstream.sessions.length, 1, 'one downstream connection for both clients');
     assert.deepEqual(
-      downstream.messages.map((m) => /HELO=(\S+)/.exec(m.xforward.join(' '))?.[1]),
+      env.downstream.messages.map((m) => /HELO=(\S+)/.exec(m.xforward.join(' '))?.[1]),
       ['first.example', 'second.example'],
     );
   });
 
   test('a link whose transaction was refused is reset before it is reused', async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` }, plugins: ['scripted'] });
+    env.downstream = await FakeSmtpServer.start();
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}` }, plugins: ['scripted'] });
     scripted.script.data_post = deny('no');
-    const t = await SmtpTalk.connect(proxy.port);
+    const t = await SmtpTalk.connect(env.proxy.port);
     assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 550);
     t.destroy();
     await new Promise((r) => setTimeout(r, 100));
     scripted.reset();
-    const u = await SmtpTalk.connect(proxy.port);
+    const u = await SmtpTalk.connect(env.proxy.port);
     assert.equal((await u.send('c@example.net', ['d@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 250);
     await u.quit();
-    assert.equal(downstream.sessions.length, 1);
-    const lines = downstream.sessions[0]!.lines;
+    assert.equal(env.downstream.sessions.length, 1);
+    const lines = env.downstream.sessions[0]!.lines;
     assert.ok(lines.indexOf('RSET') > lines.indexOf('MAIL FROM:<a@example.net>'));
     assert.ok(lines.indexOf('RSET') < lines.indexOf('MAIL FROM:<c@example.net>'));
-    assert.deepEqual(downstream.messages.map((m) => m.mailFrom), ['<c@example.net>']);
+    assert.deepEqual(env.downstream.messages.map((m) => m.mailFrom), ['<c@example.net>']);
   });
 
   test('a pooled link the downstream gave up on is replaced without the client noticing', async () => {
     let mails = 0;
-    downstream = await FakeSmtpServer.start({
+    env.downstream = await FakeSmtpServer.start({
       script: { mail: (_arg, session) => (session.index === 0 && mails++ === 1 ? { reply: '421 4.4.2 idle too long', thenClose: true } : undefined) },
     });
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` } });
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}` } });
     for (let i = 0; i < 2; i++) {
-      const t = await SmtpTalk.connect(proxy.port);
+      const t = await SmtpTalk.connect(env.proxy.port);
       assert.equal((await t.send('a@example.net', ['b@example.test'], `Subject: ${i}\r\n\r\ny\r\n`)).eod?.code, 250);
       await t.quit();
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.equal(downstream.sessions.length, 2, 'a fresh link after the stale one');
-    assert.equal(downstream.messages.length, 2);
+    assert.equal(env.downstream.sessions.length, 2, 'a fresh link after the stale one');
+    assert.equal(env.downstream.messages.length, 2);
   });
 
   test('pool.max_idle: 0 gives every client its own link', async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}`, pool: { max_idle: 0 } } });
+    env.downstream = await FakeSmtpServer.start();
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}`, pool: { max_idle: 0 } } });
     for (let i = 0; i < 2; i++) {
-      const t = await SmtpTalk.connect(proxy.port);
+      const t = await SmtpTalk.connect(env.proxy.port);
       assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 250);
       await t.quit();
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.equal(downstream.sessions.length, 2);
-    assert.ok(downstream.sessions.every((s) => s.lines.includes('QUIT')));
+    assert.equal(env.downstream.sessions.length, 2);
+    assert.ok(env.downstream.sessions.every((s) => s.lines.includes('QUIT')));
   });
 });

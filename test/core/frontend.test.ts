@@ -2,31 +2,23 @@
  * What the client sees of the front end: EHLO keywords, STARTTLS both ways,
  * XCLIENT toward the downstream, the limits, and JSON logging.
  */
-import { afterEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { FakeSmtpServer, selfSignedCert } from '../helpers/fake-smtp-server';
-import { startProxy, type TestProxy } from '../helpers/proxy';
+import { closedAfterEach, startProxy, type TestProxy } from '../helpers/proxy';
 import { SmtpTalk } from '../helpers/smtp-talk';
 import { createLogger } from '../../src/log';
 
-let downstream: FakeSmtpServer | undefined;
-let proxy: TestProxy | undefined;
-
-afterEach(async () => {
-  await proxy?.close();
-  await downstream?.close();
-  proxy = undefined;
-  downstream = undefined;
-});
+const env = closedAfterEach();
 
 async function setup(config: Record<string, unknown> = {}): Promise<TestProxy> {
-  downstream = await FakeSmtpServer.start();
-  proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}` }, ...config });
-  return proxy;
+  env.downstream = await FakeSmtpServer.start();
+  env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}` }, ...config });
+  return env.proxy;
 }
 
 function certFiles(): { key: string; cert: string } {
@@ -94,26 +86,26 @@ describe('STARTTLS', () => {
     assert.match(await say('DATA'), /^354/);
     assert.match(await say('Subject: tls\r\n\r\nsecret\r\n.'), /^250/);
     secure.end('QUIT\r\n');
-    const m = downstream!.messages[0]!;
+    const m = env.downstream!.messages[0]!;
     assert.match(m.data.toString(), /with ESMTPS id/);
   });
 
   test('toward the downstream: required STARTTLS upgrades before MAIL', async () => {
-    downstream = await FakeSmtpServer.start({ tls: selfSignedCert() });
-    proxy = await startProxy({
+    env.downstream = await FakeSmtpServer.start({ tls: selfSignedCert() });
+    env.proxy = await startProxy({
       mode: 'standalone',
-      downstream: { address: `127.0.0.1:${downstream.port}`, starttls: 'required', tls: { reject_unauthorized: false } },
+      downstream: { address: `127.0.0.1:${env.downstream.port}`, starttls: 'required', tls: { reject_unauthorized: false } },
     });
-    const t = await SmtpTalk.connect(proxy.port);
+    const t = await SmtpTalk.connect(env.proxy.port);
     assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n')).eod?.code, 250);
     await t.quit();
-    assert.equal(downstream!.messages[0]!.tls, true);
+    assert.equal(env.downstream!.messages[0]!.tls, true);
   });
 
   test('toward the downstream: required STARTTLS that is not offered gives 451 at MAIL', async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}`, starttls: 'required' } });
-    const t = await SmtpTalk.connect(proxy.port);
+    env.downstream = await FakeSmtpServer.start();
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}`, starttls: 'required' } });
+    const t = await SmtpTalk.connect(env.proxy.port);
     await t.cmd('EHLO c.example');
     const r = await t.cmd('MAIL FROM:<a@example.net>');
     assert.equal(r.code, 451);
@@ -124,12 +116,12 @@ describe('STARTTLS', () => {
 
 describe('XCLIENT toward the downstream (standalone)', () => {
   test('the downstream is told the real client, then greeted with its HELO', async () => {
-    downstream = await FakeSmtpServer.start();
-    proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${downstream.port}`, xclient: true } });
-    const t = await SmtpTalk.connect(proxy.port);
+    env.downstream = await FakeSmtpServer.start();
+    env.proxy = await startProxy({ mode: 'standalone', downstream: { address: `127.0.0.1:${env.downstream.port}`, xclient: true } });
+    const t = await SmtpTalk.connect(env.proxy.port);
     assert.equal((await t.send('a@example.net', ['b@example.test'], 'Subject: x\r\n\r\ny\r\n', 'helo.client.example')).eod?.code, 250);
     await t.quit();
-    const m = downstream.messages[0]!;
+    const m = env.downstream.messages[0]!;
     assert.match(m.xclient.join(' '), /ADDR=127\.0\.0\.1/);
     assert.match(m.xclient.join(' '), /HELO=helo\.client\.example/);
     assert.equal(m.helo, 'helo.client.example');

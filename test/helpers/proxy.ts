@@ -66,3 +66,20 @@ export function proxyPerTest(): { readonly downstream: FakeSmtpServer; start(con
     },
   };
 }
+
+/**
+ * For test files whose tests each start their own fake downstream (scripted
+ * per test) and proxy: whatever a test puts in the returned holder is closed
+ * after it, the proxy first, and the holder emptied. Registers its own
+ * afterEach, so call it at the top of the file or in a describe body.
+ */
+export function closedAfterEach(): { downstream?: FakeSmtpServer; proxy?: TestProxy } {
+  const env: { downstream?: FakeSmtpServer; proxy?: TestProxy } = {};
+  afterEach(async () => {
+    await env.proxy?.close();
+    await env.downstream?.close();
+    env.proxy = undefined;
+    env.downstream = undefined;
+  });
+  return env;
+}
